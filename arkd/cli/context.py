@@ -12,8 +12,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from arkd.api.constants import DEFAULT_NAMESPACE
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -21,7 +19,16 @@ T = TypeVar("T")
 @dataclass
 class CliContext:
     kubeconfig: str | None = None
-    namespace: str = os.environ.get("HEPTIO_ARK_NAMESPACE") or DEFAULT_NAMESPACE
+    namespace_flag: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        """-n/--namespace, else $HEPTIO_ARK_NAMESPACE, else heptio-ark."""
+        if self.namespace_flag:
+            return self.namespace_flag
+        from arkd.api.constants import DEFAULT_NAMESPACE  # lazy: keeps `ark restic wait` light
+
+        return os.environ.get("HEPTIO_ARK_NAMESPACE") or DEFAULT_NAMESPACE
 
 
 class CliError(click.ClickException):
@@ -38,7 +45,7 @@ def _set_kubeconfig(ctx: click.Context, _: click.Parameter, value: str | None) -
 
 def _set_namespace(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
     if value:
-        ctx.ensure_object(CliContext).namespace = value
+        ctx.ensure_object(CliContext).namespace_flag = value
 
 
 def kubeconfig_option(f: Callable[P, T]) -> Callable[P, T]:

@@ -6,15 +6,22 @@ import sys
 
 import click
 
-from arkd.cli.backup import backup
 from arkd.cli.context import CliContext, CliError, global_options
-from arkd.cli.install import install
-from arkd.cli.restore import restore
-from arkd.cli.server import restic_server, server
-from arkd.cli.version import version
+from arkd.cli.lazy import LazyGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "backup": "arkd.cli.backup:backup",
+        "install": "arkd.cli.install:install",
+        "restic": "arkd.cli.main:restic",
+        "restore": "arkd.cli.restore:restore",
+        "server": "arkd.cli.server:server",
+        "version": "arkd.cli.version:version",
+    },
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @global_options
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -22,15 +29,15 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(CliContext)
 
 
-@click.group()
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "server": "arkd.cli.server:restic_server",
+        "wait": "arkd.cli.restic_wait:wait",
+    },
+)
 def restic() -> None:
     """Work with restic: the node agent, repositories and their keys."""
-
-
-restic.add_command(restic_server)
-
-for command in (backup, install, restic, restore, server, version):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,9 +53,14 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except Exception as exc:  # last line of defence: a user never sees a traceback
-        from arkd.kube.errors import ApiError
+        message = str(exc) if isinstance(exc, CliError) else f"{type(exc).__name__}: {exc}"
+        try:
+            from arkd.kube.errors import ApiError
 
-        message = str(exc) if isinstance(exc, ApiError | CliError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ApiError):
+                message = str(exc)
+        except ImportError:
+            pass
         click.echo(f"Error: {message}", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
