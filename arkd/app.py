@@ -148,7 +148,7 @@ async def run_node_agent(settings: NodeAgentSettings, stop: asyncio.Event | None
     recorder = EventRecorder(client, "ark-restic", host=settings.node_name, clock=clock)
     recorder.start()
     agent = NodeAgent(client, settings, registry, recorder, clock)
-    endpoint = HttpEndpoint(registry, settings.metrics_address, ready=lambda: agent.synced)
+    endpoint = HttpEndpoint(registry, settings.metrics_address, ready=lambda: all(i.has_synced for i in agent.informers))
     try:
         await endpoint.start()
         log.info(

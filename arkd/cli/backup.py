@@ -171,6 +171,10 @@ async def create(name: str, labels: tuple[str, ...], wait: bool, **filters: Any)
         final = phase(obj)
         click.echo(f"Backup {name} finished: {final}. Run `ark backup describe {name}` for more details.")
         if final != "Completed":
+            status = obj.get("status") or {}
+            for reason in [status.get("failureReason"), *(status.get("validationErrors") or [])]:
+                if reason:
+                    click.echo(f"  {reason}")
             raise click.exceptions.Exit(1)
 
     await with_client(go)

@@ -131,6 +131,10 @@ async def create(
             f"Run `ark restore describe {restore_name}` for more details."
         )
         if final != "Completed":
+            status = obj.get("status") or {}
+            for reason in [status.get("failureReason"), *(status.get("validationErrors") or [])]:
+                if reason:
+                    click.echo(f"  {reason}")
             raise click.exceptions.Exit(1)
 
     await with_client(go)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from arkd.storage.base import ObjectStore, StorageConfigError
@@ -78,7 +80,8 @@ def make_store(provider: str, bucket: str, config: Mapping[str, str] | None = No
                 "backupStorageProvider.config.path is required for provider 'local' (the storage directory)"
             )
         root = f"{path.rstrip('/')}/{_bucket_name(bucket)}" if bucket else path
-        return LocalObjectStore(root)
+        # The bucket is a subdirectory we may create, like `mb` on S3; the path itself must exist.
+        return LocalObjectStore(root, create=bool(bucket) and Path(path).is_dir())
     raise StorageConfigError(
         f"backupStorageProvider.name {provider!r} is not supported; use 'aws' (Amazon S3 or an "
         "S3-compatible store such as MinIO) or 'local' (a directory)"
