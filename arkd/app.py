@@ -115,18 +115,14 @@ async def run_server(settings: ServerSettings, stop: asyncio.Event | None = None
         if not settings.leader_elect:
             await lead()
             return
-        elector = LeaderElector(
-            client, settings.namespace, settings.lease_name, settings.identity, clock=clock
-        )
+        elector = LeaderElector(client, settings.namespace, settings.lease_name, settings.identity, clock=clock)
         await elector.run(lead)
         if not stop.is_set():
             raise LostLeadership("lost the ark-server Lease; exiting so a new leader can take over")
 
     try:
         await endpoint.start()
-        log.info(
-            "ark server starting", extra={"namespace": settings.namespace, "identity": settings.identity}
-        )
+        log.info("ark server starting", extra={"namespace": settings.namespace, "identity": settings.identity})
         await _run_until_stopped(main(), stop)
     finally:
         await recorder.close()
@@ -148,12 +144,12 @@ async def run_node_agent(settings: NodeAgentSettings, stop: asyncio.Event | None
     recorder = EventRecorder(client, "ark-restic", host=settings.node_name, clock=clock)
     recorder.start()
     agent = NodeAgent(client, settings, registry, recorder, clock)
-    endpoint = HttpEndpoint(registry, settings.metrics_address, ready=lambda: all(i.has_synced for i in agent.informers))
+    endpoint = HttpEndpoint(
+        registry, settings.metrics_address, ready=lambda: all(i.has_synced for i in agent.informers)
+    )
     try:
         await endpoint.start()
-        log.info(
-            "ark restic server starting", extra={"node": settings.node_name, "namespace": settings.namespace}
-        )
+        log.info("ark restic server starting", extra={"node": settings.node_name, "namespace": settings.namespace})
         await _run_until_stopped(agent.run(), stop)
     finally:
         await recorder.close()
