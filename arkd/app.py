@@ -144,9 +144,7 @@ async def run_node_agent(settings: NodeAgentSettings, stop: asyncio.Event | None
     recorder = EventRecorder(client, "ark-restic", host=settings.node_name, clock=clock)
     recorder.start()
     agent = NodeAgent(client, settings, registry, recorder, clock)
-    endpoint = HttpEndpoint(
-        registry, settings.metrics_address, ready=lambda: all(i.has_synced for i in agent.informers)
-    )
+    endpoint = HttpEndpoint(registry, settings.metrics_address, ready=lambda: agent.ready)
     try:
         await endpoint.start()
         log.info("ark restic server starting", extra={"node": settings.node_name, "namespace": settings.namespace})
