@@ -60,16 +60,103 @@ def test_generation_is_deterministic() -> None:
     assert "&id" not in render_prereqs_yaml()  # no YAML anchors from shared objects
 
 
-def test_prereqs_order_namespace_crds_service_account() -> None:
+RBAC_KINDS = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+
+
+def test_prereqs_order_namespace_crds_service_accounts_rbac() -> None:
     docs = prereqs_documents()
-    assert [d["kind"] for d in docs] == ["Namespace"] + ["CustomResourceDefinition"] * 9 + ["ServiceAccount"]
-    assert docs[0]["metadata"]["name"] == "heptio-ark"
-    assert docs[-1]["metadata"] == {"name": "ark", "namespace": "heptio-ark", "labels": {"component": "ark"}}
+    assert [d["kind"] for d in docs] == (
+        ["Namespace"] + ["CustomResourceDefinition"] * 9 + ["ServiceAccount"] * 2 + RBAC_KINDS * 2
+    )
+    assert docs[0]["metadata"] == {"name": "heptio-ark", "labels": {"component": "ark"}}
+    accounts = [d["metadata"] for d in docs if d["kind"] == "ServiceAccount"]
+    assert accounts == [
+        {"name": "ark", "namespace": "heptio-ark", "labels": {"component": "ark"}},
+        {"name": "ark-restic", "namespace": "heptio-ark", "labels": {"component": "ark"}},
+    ]
     assert list(yaml.safe_load_all(render_prereqs_yaml())) == docs
+    assert len(PREREQ_BUILDERS) == 5
+
+
+def test_prereqs_follow_the_namespace() -> None:
     other = prereqs_documents("backup-system")
     assert other[0]["metadata"]["name"] == "backup-system"
-    assert other[-1]["metadata"]["namespace"] == "backup-system"
-    assert len(PREREQ_BUILDERS) == 3  # later issues append builders (RBAC)
+    for doc in other:
+        if doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            assert doc["metadata"]["namespace"] == "backup-system", doc["metadata"]["name"]
+        for subject in doc.get("subjects", []):
+            assert subject["namespace"] == "backup-system"
+    assert "heptio-ark" not in yaml.safe_dump_all(other)
+
+
+def test_every_prereq_is_labelled_component_ark() -> None:
+    # `kubectl get ...,clusterroles,clusterrolebindings -l component=ark` finds everything to uninstall.
+    for doc in prereqs_documents():
+        assert doc["metadata"]["labels"] == {"component": "ark"}, (doc["kind"], doc["metadata"]["name"])
+
+
+def _rbac(kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in prereqs_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def _rules(kind: str, name: str) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    return [
+        (tuple(r.get("apiGroups", ())), tuple(r.get("resources", r.get("nonResourceURLs", ()))), tuple(r["verbs"]))
+        for r in _rbac(kind, name)["rules"]
+    ]
+
+
+ARK_PLURALS = tuple(r.plural for r in KINDS)
+READ = ("get", "list", "watch")
+
+
+def test_server_rules() -> None:
+    assert _rules("ClusterRole", "ark-server") == [
+        (
+            ("ark.heptio.com",),
+            ARK_PLURALS,
+            ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"),
+        ),
+        (("ark.heptio.com",), tuple(f"{p}/status" for p in ARK_PLURALS), ("get", "update", "patch")),
+        (("*",), ("*",), READ),  # backups read everything
+        (("*",), ("*",), ("create", "patch")),  # restores create anything
+        ((), ("/api", "/api/*", "/apis", "/apis/*", "/version"), ("get",)),
+    ]
+    assert _rules("Role", "ark-server") == [
+        (("coordination.k8s.io",), ("leases",), ("get", "create", "update")),
+        (("",), ("secrets",), ("get", "list", "watch", "create", "update", "patch")),
+    ]
+    # Outside Ark's own group nothing may be updated or deleted, and no RBAC escape hatches.
+    for groups, _, verbs in _rules("ClusterRole", "ark-server"):
+        if groups != ("ark.heptio.com",):
+            assert not {"update", "delete", "deletecollection"} & set(verbs)
+        assert not {"*", "escalate", "bind", "impersonate"} & set(verbs)
+
+
+def test_node_agent_rules() -> None:
+    assert _rules("ClusterRole", "ark-restic") == [
+        (("",), ("pods", "persistentvolumeclaims"), READ),
+        (("",), ("events",), ("create", "patch")),
+    ]
+    # Its work items and the restic keys only in the Ark namespace (a Role), and it never creates or
+    # deletes Ark objects.
+    assert _rules("Role", "ark-restic") == [
+        (("ark.heptio.com",), ("podvolumebackups", "podvolumerestores"), (*READ, "update", "patch")),
+        (("ark.heptio.com",), ("podvolumebackups/status", "podvolumerestores/status"), ("get", "update", "patch")),
+        (("",), ("secrets",), READ),
+    ]
+    assert _rbac("Role", "ark-restic")["metadata"]["namespace"] == "heptio-ark"
+
+
+@pytest.mark.parametrize(("name", "account"), [("ark-server", "ark"), ("ark-restic", "ark-restic")])
+def test_bindings_give_each_role_to_its_own_service_account(name: str, account: str) -> None:
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": "heptio-ark"}]
+    for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = _rbac(kind, name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name}
+        assert binding["subjects"] == subject
+    assert _rbac("RoleBinding", name)["metadata"]["namespace"] == "heptio-ark"
 
 
 @pytest.mark.parametrize("doc", prereqs_documents(), ids=lambda d: d["metadata"]["name"])
