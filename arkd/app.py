@@ -41,9 +41,20 @@ class LostLeadership(RuntimeError):
 def server_controllers(ctx: ServerContext) -> list[Runnable]:
     """Every controller of `ark server`, sharing one set of informers."""
     from arkd.controllers.backup import BackupController
+    from arkd.controllers.deletion import DeletionController
+    from arkd.controllers.download import DownloadRequestController
+    from arkd.controllers.gc import GCController
+    from arkd.controllers.schedule import ScheduleController
+    from arkd.controllers.sync import BackupSyncController
 
-    controllers: list[Runnable] = [BackupController(ctx)]
-    return controllers
+    return [
+        BackupController(ctx),
+        ScheduleController(ctx),
+        GCController(ctx),
+        DeletionController(ctx),
+        BackupSyncController(ctx),
+        DownloadRequestController(ctx),
+    ]
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:

@@ -70,6 +70,9 @@ POST_HOOK_ANNOTATION_PREFIX = "post.hook.backup.ark.heptio.com/"
 # -- finalizers ----------------------------------------------------------------------------------
 # Set on Backups by Ark <= 0.8; Ark 0.9 strips it at start-up and on synced backups, so must arkd.
 LEGACY_GC_FINALIZER = "gc.ark.heptio.com"
+# arkd: on Backups that backup sync creates from object storage. Such a Backup is briefly New between
+# its create and its status write; the backup controller must not run it over its own files.
+SYNCED_FROM_ANNOTATION = "ark.heptio.com/synced-from"
 
 # -- tags ----------------------------------------------------------------------------------------
 # Tags on cloud-provider disk snapshots (not restic).

@@ -355,3 +355,13 @@ def _selector_text(selector: dict[str, Any] | None) -> str:
         values = ",".join(e.get("values") or [])
         parts.append(f"{e.get('key')} {e.get('operator')} ({values})")
     return ",".join(parts) or "<none>"
+
+
+def _add_lifecycle_commands() -> None:
+    from arkd.cli.backup_lifecycle import delete, download, logs
+
+    for command in (delete, download, logs):
+        backup.add_command(command)
+
+
+_add_lifecycle_commands()

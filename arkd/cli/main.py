@@ -17,6 +17,7 @@ from arkd.cli.lazy import LazyGroup
         "install": "arkd.cli.install:install",
         "restic": "arkd.cli.main:restic",
         "restore": "arkd.cli.restore:restore",
+        "schedule": "arkd.cli.schedule:schedule",
         "server": "arkd.cli.server:server",
         "version": "arkd.cli.version:version",
     },

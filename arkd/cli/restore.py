@@ -262,3 +262,12 @@ def describe_restore(obj: dict[str, Any], pvrs: list[dict[str, Any]], details: b
         if st.get("message"):
             lines.append(f"    Message:   {st['message']}")
     return "\n".join(lines)
+
+
+def _add_log_command() -> None:
+    from arkd.cli.backup_lifecycle import restore_logs
+
+    restore.add_command(restore_logs)
+
+
+_add_log_command()

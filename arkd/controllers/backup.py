@@ -18,7 +18,7 @@ import datetime
 import logging
 from typing import Any
 
-from arkd.api.constants import BACKUP_UID_LABEL, BackupPhase
+from arkd.api.constants import BACKUP_UID_LABEL, SYNCED_FROM_ANNOTATION, BackupPhase
 from arkd.api.duration import parse_duration
 from arkd.api.meta import format_time
 from arkd.backup.filters import FilterValidationError
@@ -34,6 +34,8 @@ from arkd.kube.resource import Resource
 from arkd.kube.tasks import TaskSupervisor
 from arkd.kube.workqueue import WorkQueue
 from arkd.podvolume.tracker import PodVolumeTracker
+from arkd.storage import StorageError
+from arkd.storage.layout import backup_metadata_key
 
 log = logging.getLogger("arkd.controllers.backup")
 
@@ -138,6 +140,8 @@ class BackupController:
         return Done()
 
     async def _new(self, obj: Obj) -> Result:
+        if SYNCED_FROM_ANNOTATION in (_meta(obj).get("annotations") or {}):
+            return Done()  # backup sync writes its stored status next; it is not ours to run
         config = self.ctx.config.current
         if config is None:
             log.info("waiting for a valid Config before validating backups")
@@ -184,6 +188,15 @@ class BackupController:
                 except FilterValidationError as again:
                     spec_errors = again.errors
             errors.extend(spec_errors)
+        name = str(_meta(obj).get("name"))
+        try:
+            if await config.store.exists(backup_metadata_key(name)):
+                errors.append(
+                    f"a backup named {name!r} already exists in object storage ({config.store.location}); "
+                    "choose another name, or delete the old one with `ark backup delete`"
+                )
+        except StorageError as exc:
+            log.warning("cannot check object storage for an existing backup", extra={"error": str(exc)})
         return errors
 
     async def _discovered(self, *, refresh: bool) -> list[Resource]:

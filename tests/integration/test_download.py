@@ -1,0 +1,302 @@
+"""`ark backup logs|download` and `ark restore logs` through DownloadRequests, on the real apiserver.
+
+The files are in moto S3 (presigned http URLs) or a local directory (file:// URLs), written as
+Ark 0.9 lays them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import io
+import json
+import secrets
+import tarfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import pytest
+from click.testing import CliRunner, Result
+from prometheus_client import CollectorRegistry
+
+from arkd.api.meta import format_time
+from arkd.cli.backup_lifecycle import download, logs, restore_logs
+from arkd.config import ServerSettings
+from arkd.controllers.config import ConfigHolder
+from arkd.controllers.download import DownloadRequestController
+from arkd.controllers.resources import BACKUPS, CONFIGS, DOWNLOADREQUESTS, RESTORES
+from arkd.controllers.runtime import Informers, ServerContext
+from arkd.kube.client import KubeClient
+from arkd.kube.clock import RealClock
+from arkd.kube.controller import ControllerMetrics
+from arkd.kube.errors import NotFound
+from arkd.kube.events import EventRecorder
+from arkd.metrics import ServerMetrics
+from arkd.storage import ObjectStore, make_store
+from tests.support.moto import MotoServer
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+_AMBIENT_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+# -- a server with the controllers under test (wired as arkd.app wires them) ---------------------------
+class Runnable(Protocol):
+    async def run(self) -> None: ...
+
+
+class ArkServer:
+    def __init__(self, kube: KubeClient, namespace: str, make: Callable[[ServerContext], Sequence[Runnable]]) -> None:
+        self.kube, self.namespace, self.make = kube, namespace, make
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> ArkServer:
+        self.informers = Informers(self.kube, RealClock())
+        self.recorder = EventRecorder(self.kube, "ark-server")
+        self.recorder.start()
+        self.config = ConfigHolder(self.informers.get(CONFIGS, self.namespace), self.namespace, self.recorder)
+        registry = CollectorRegistry()
+        self.ctx = ServerContext(
+            client=self.kube,
+            settings=ServerSettings(namespace=self.namespace, leader_elect=False),
+            informers=self.informers,
+            recorder=self.recorder,
+            registry=registry,
+            metrics=ServerMetrics.create(registry),
+            controller_metrics=ControllerMetrics(registry),
+            clock=RealClock(),
+            config=self.config,
+        )
+        self.controllers = list(self.make(self.ctx))
+        self.informers.start()
+        await self.informers.wait_synced(timeout=30)
+        await asyncio.wait_for(self.config.wait_ready(), 30)
+        self.tasks = [asyncio.create_task(c.run()) for c in self.controllers]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.informers.stop()
+        await self.recorder.close()
+        await self.config.close()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    """Poll `probe` until it returns something truthy; fail saying `what` did not happen."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def run_cli(command: Any, *args: str) -> Result:
+    """Run a CLI command in a thread (it runs its own event loop), as a user would."""
+    return await asyncio.to_thread(CliRunner().invoke, command, list(args))
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+# -- the bucket: moto S3 or a local directory --------------------------------------------------------
+@dataclass
+class Bucket:
+    provider: Obj
+    store: ObjectStore
+
+    async def config(self, kube: KubeClient, namespace: str) -> None:
+        body = {
+            "apiVersion": "ark.heptio.com/v1",
+            "kind": "Config",
+            "metadata": {"name": "default", "namespace": namespace},
+            "backupStorageProvider": self.provider,
+        }
+        await kube.create(CONFIGS, body, namespace)
+
+
+@pytest.fixture(params=["local", "s3"])
+async def bucket(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Bucket]:
+    if request.param == "s3":
+        s3: MotoServer = request.getfixturevalue("s3")
+        for var in _AMBIENT_AWS:
+            monkeypatch.delenv(var, raising=False)
+        for var, value in s3.env().items():
+            monkeypatch.setenv(var, value)
+        name_ = f"arkd-{secrets.token_hex(6)}"
+        s3.make_bucket(name_)
+        provider: Obj = {"name": "aws", "bucket": name_, "config": s3.store_config()}
+    else:
+        (tmp_path / "ark-backups").mkdir()
+        provider = {"name": "local", "bucket": "ark-backups", "config": {"path": str(tmp_path)}}
+    store = make_store(provider["name"], provider["bucket"], provider["config"])
+    try:
+        yield Bucket(provider, store)
+    finally:
+        await store.close()
+
+
+BACKUP_LOG = (
+    'time="2018-06-01T01:00:00Z" level=info msg="Starting backup" backup=heptio-ark/{b}\n'
+    'time="2018-06-01T01:00:01Z" level=info msg="Backing up resource" group=v1 resource=pods\n'
+    'time="2018-06-01T01:00:02Z" level=info msg="Backup completed successfully" backup=heptio-ark/{b}\n'
+)
+
+
+def tarball() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}}).encode()
+        info = tarfile.TarInfo("resources/configmaps/namespaces/app/settings.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def make_backup(kube: KubeClient, namespace: str, store: ObjectStore, bname: str, *, log: bool = True) -> None:
+    if log:
+        await store.put(f"{bname}/{bname}-logs.gz", gzip.compress(BACKUP_LOG.format(b=bname).encode()))
+    await store.put(f"{bname}/{bname}.tar.gz", tarball())
+    await store.put(f"{bname}/ark-backup.json", b"{}")
+    await kube.create(
+        BACKUPS, {"apiVersion": "ark.heptio.com/v1", "kind": "Backup", "metadata": {"name": bname}}, namespace
+    )
+    await kube.patch(BACKUPS, bname, {"status": {"phase": "Completed", "version": 1}}, namespace, subresource="status")
+
+
+def downloads(ctx: ServerContext) -> list[Runnable]:
+    return [DownloadRequestController(ctx)]
+
+
+async def no_requests_left(kube: KubeClient, namespace: str) -> bool:
+    return await kube.list(DOWNLOADREQUESTS, namespace) == []
+
+
+# -- tests -------------------------------------------------------------------------------------------
+async def test_backup_logs_prints_the_log_from_object_storage(kube: KubeClient, namespace: str, bucket: Bucket) -> None:
+    await bucket.config(kube, namespace)
+    b = name("nightly")
+    await make_backup(kube, namespace, bucket.store, b)
+    async with ArkServer(kube, namespace, downloads):
+        result = await run_cli(logs, b, "-n", namespace)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == BACKUP_LOG.format(b=b)
+        # The CLI cleans up its request.
+        assert await eventually(lambda: no_requests_left(kube, namespace), "the DownloadRequest removed")
+
+
+async def test_backup_download_writes_the_tarball(
+    kube: KubeClient, namespace: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    await bucket.config(kube, namespace)
+    b = name("weekly")
+    await make_backup(kube, namespace, bucket.store, b)
+    target = tmp_path / "out.tar.gz"
+    async with ArkServer(kube, namespace, downloads):
+        result = await run_cli(download, b, "-o", str(target), "-n", namespace)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"Backup {b} has been successfully downloaded to {target}\n"
+        with tarfile.open(target) as tar:
+            assert tar.getnames() == ["resources/configmaps/namespaces/app/settings.json"]
+
+        again = await run_cli(download, b, "-o", str(target), "-n", namespace)
+        assert again.exit_code == 1
+        assert "already exists; use --force" in again.stderr
+
+
+async def test_restore_logs_come_from_the_backups_directory(kube: KubeClient, namespace: str, bucket: Bucket) -> None:
+    await bucket.config(kube, namespace)
+    b, r = name("nightly"), name("restore")
+    await make_backup(kube, namespace, bucket.store, b)
+    await bucket.store.put(f"{b}/restore-{r}-logs.gz", gzip.compress(b"restored 3 items\n"))
+    await kube.create(
+        RESTORES,
+        {"apiVersion": "ark.heptio.com/v1", "kind": "Restore", "metadata": {"name": r}, "spec": {"backupName": b}},
+        namespace,
+    )
+    async with ArkServer(kube, namespace, downloads):
+        result = await run_cli(restore_logs, r, "-n", namespace)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "restored 3 items\n"
+
+
+async def test_a_missing_log_is_explained(kube: KubeClient, namespace: str, bucket: Bucket) -> None:
+    await bucket.config(kube, namespace)
+    b = name("nolog")
+    await make_backup(kube, namespace, bucket.store, b, log=False)
+    async with ArkServer(kube, namespace, downloads):
+        result = await run_cli(logs, b, "-n", namespace)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(
+            f"Error: the server could not find {b}/{b}-logs.gz: {b}/{b}-logs.gz does not exist in "
+        )
+        missing = await run_cli(logs, "nope", "-n", namespace)
+        assert missing.exit_code == 1
+        assert f"backup 'nope' not found in namespace {namespace}" in missing.stderr
+        assert await eventually(lambda: no_requests_left(kube, namespace), "the DownloadRequests removed")
+
+
+async def test_expired_requests_are_deleted_and_fresh_ones_kept(
+    kube: KubeClient, namespace: str, bucket: Bucket
+) -> None:
+    await bucket.config(kube, namespace)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    for rname, expiration in (
+        ("expired", now - datetime.timedelta(seconds=1)),
+        ("fresh", now + datetime.timedelta(minutes=5)),
+    ):
+        await kube.create(
+            DOWNLOADREQUESTS,
+            {
+                "apiVersion": "ark.heptio.com/v1",
+                "kind": "DownloadRequest",
+                "metadata": {"name": rname},
+                "spec": {"target": {"kind": "BackupLog", "name": "b"}},
+            },
+            namespace,
+        )
+        await kube.patch(
+            DOWNLOADREQUESTS,
+            rname,
+            {
+                "status": {
+                    "phase": "Processed",
+                    "downloadURL": "http://127.0.0.1:1/x",
+                    "expiration": format_time(expiration),
+                }
+            },
+            namespace,
+            subresource="status",
+        )
+    async with ArkServer(kube, namespace, downloads):
+        await eventually(lambda: _gone(kube, namespace, "expired"), "the expired request deleted")
+    assert not await _gone(kube, namespace, "fresh")
+
+
+async def _gone(kube: KubeClient, namespace: str, rname: str) -> bool:
+    try:
+        await kube.get(DOWNLOADREQUESTS, rname, namespace)
+    except NotFound:
+        return True
+    return False
+
+
+async def test_without_a_server_the_cli_says_so(kube: KubeClient, namespace: str) -> None:
+    await kube.create(
+        BACKUPS, {"apiVersion": "ark.heptio.com/v1", "kind": "Backup", "metadata": {"name": "b"}}, namespace
+    )
+    result = await run_cli(logs, "b", "--timeout", "1", "-n", namespace)
+    assert result.exit_code == 1
+    assert "the server did not answer the download request within 1s: is `ark server` running" in result.stderr
+    assert await no_requests_left(kube, namespace)
