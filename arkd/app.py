@@ -44,11 +44,13 @@ def server_controllers(ctx: ServerContext) -> list[Runnable]:
     from arkd.controllers.deletion import DeletionController
     from arkd.controllers.download import DownloadRequestController
     from arkd.controllers.gc import GCController
+    from arkd.controllers.restore import RestoreController
     from arkd.controllers.schedule import ScheduleController
     from arkd.controllers.sync import BackupSyncController
 
     return [
         BackupController(ctx),
+        RestoreController(ctx),
         ScheduleController(ctx),
         GCController(ctx),
         DeletionController(ctx),

@@ -209,6 +209,8 @@ async def test_backups_missing_from_the_cluster_are_recreated_with_their_status(
 
         meta = obj["metadata"]
         assert meta["labels"] == {"ark-schedule": "nightly", "team": "payments"}
+        synced_from = meta["annotations"].pop("ark.heptio.com/synced-from")
+        assert synced_from.endswith(f"{good}/ark-backup.json")
         assert meta["annotations"] == {"ark.heptio.com/pod-volume-timeout": "2h"}
         assert meta["uid"] != "6d6c4d2b-0000-4000-8000-000000000001"
         assert meta["creationTimestamp"] != "2018-06-01T01:00:00Z"
