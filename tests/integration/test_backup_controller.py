@@ -388,7 +388,8 @@ async def test_invalid_spec_fails_validation_with_every_reason(
 async def test_unwritable_storage_fails_the_backup_with_the_reason(
     envtest: Envtest, namespace: str, kube: KubeClient
 ) -> None:
-    root = tempfile.mkdtemp(prefix="arkd-backups-")  # no "backups" bucket directory in it
+    # The configured storage path does not exist (the bucket directory is only created inside an existing path).
+    root = str(Path(tempfile.mkdtemp(prefix="arkd-backups-")) / "missing")
     await kube.create(CONFIGS, local_config(namespace, root), namespace)
     async with ark_server(envtest, namespace) as server:
         await kube.create(BACKUPS, backup_object(namespace, "nowhere", includedNamespaces=[namespace]))
