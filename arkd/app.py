@@ -44,16 +44,20 @@ def server_controllers(ctx: ServerContext) -> list[Runnable]:
     from arkd.controllers.deletion import DeletionController
     from arkd.controllers.download import DownloadRequestController
     from arkd.controllers.gc import GCController
+    from arkd.controllers.restic_forget import ResticSnapshotForgetter
+    from arkd.controllers.restic_repository import ResticRepositoryController
     from arkd.controllers.restore import RestoreController
     from arkd.controllers.schedule import ScheduleController
     from arkd.controllers.sync import BackupSyncController
 
+    repositories = ResticRepositoryController(ctx)
     return [
+        repositories,
         BackupController(ctx),
         RestoreController(ctx),
         ScheduleController(ctx),
         GCController(ctx),
-        DeletionController(ctx),
+        DeletionController(ctx, ResticSnapshotForgetter(ctx, repositories.locks)),
         BackupSyncController(ctx),
         DownloadRequestController(ctx),
     ]

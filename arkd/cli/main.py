@@ -33,6 +33,9 @@ def cli(ctx: click.Context) -> None:
 @click.group(
     cls=LazyGroup,
     lazy={
+        "init-repository": "arkd.cli.restic_keys:init_repository",
+        "repo": "arkd.cli.restic_repo:repo",
+        "rotate-key": "arkd.cli.restic_keys:rotate_key",
         "server": "arkd.cli.server:restic_server",
         "wait": "arkd.cli.restic_wait:wait",
     },
