@@ -73,7 +73,9 @@ class Demo:
     def start(self, name: str, *args: str) -> None:
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115
         print(f"{DIM}${RESET} {' '.join(args)} &", flush=True)
-        self.procs.append((name, subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT, env=self.child_env())))
+        self.procs.append(
+            (name, subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT, env=self.child_env()))
+        )
 
     # -- the kubelet's part ---------------------------------------------------------------------
     def volume_dir(self, pod_uid: str, volume: str) -> Path:
@@ -112,14 +114,22 @@ class Demo:
         self.sh("kubectl", "apply", "-f", "-", input=json.dumps(config))
 
         say("Run the Ark server and the restic node agent of node demo-node")
-        self.start("ark-server", "ark", "server", "--metrics-address", f"127.0.0.1:{free_port()}", "--log-format", "text")
+        self.start(
+            "ark-server", "ark", "server", "--metrics-address", f"127.0.0.1:{free_port()}", "--log-format", "text"
+        )
         self.start(
             "ark-restic",
-            "ark", "restic", "server",
-            "--node-name", NODE,
-            "--host-pods-dir", str(self.host_pods),
-            "--metrics-address", f"127.0.0.1:{free_port()}",
-            "--log-format", "text",
+            "ark",
+            "restic",
+            "server",
+            "--node-name",
+            NODE,
+            "--host-pods-dir",
+            str(self.host_pods),
+            "--metrics-address",
+            f"127.0.0.1:{free_port()}",
+            "--log-format",
+            "text",
         )
 
         say("An application: namespace demo, a ConfigMap, and pod web with two volumes to back up")
@@ -213,48 +223,57 @@ class Demo:
 
     def play_kubelet_for_restored_pod(self, pod: dict, restore_uid: str) -> None:  # type: ignore[type-arg]
         uid = pod["metadata"]["uid"]
+        # The scheduler's part: a restored pod has no node yet (restores drop spec.nodeName).
+        self.api(
+            "POST",
+            f"/api/v1/namespaces/{APP_NS}/pods/web/binding",
+            {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": "web"},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+            },
+        )
         for volume in ("data", "logs"):
             self.volume_dir(uid, volume).mkdir(parents=True)
-        status = {
-            "status": {
-                "phase": "Pending",
-                "initContainerStatuses": [
-                    {
-                        "name": "restic-wait",
-                        "image": "arkd/ark:latest",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
-                    }
-                ],
-            }
-        }
-        self.sh(
-            "kubectl", "-n", APP_NS, "patch", "pod", "web", "--subresource=status", "--type=merge",
-            "-p", json.dumps(status), show=False, check=False,
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.api(
+            "PATCH",
+            f"/api/v1/namespaces/{APP_NS}/pods/web/status",
+            {
+                "status": {
+                    "phase": "Pending",
+                    "initContainerStatuses": [
+                        {
+                            "name": "restic-wait",
+                            "image": "arkd/ark:latest",
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": started}},
+                        }
+                    ],
+                }
+            },
         )
-        if not self.kubectl_json("-n", APP_NS, "get", "pod", "web").get("status", {}).get("initContainerStatuses"):
-            # kubectl 1.20 has no --subresource: write the status through the API directly.
-            self.sh("kubectl", "proxy", "--help", show=False)  # keep PATH checks honest
-            self.patch_status(uid, status)
-        print("(the kubelet's part: mounted the volumes and started the restic-wait init container)")
+        print(
+            f"(the scheduler's and kubelet's part: bound pod web to {NODE}, mounted its volumes, "
+            "started the restic-wait init container)"
+        )
         volumes_dir = self.host_pods / uid / "volumes" / "kubernetes.io~empty-dir"
-        self.sh("ark", "restic", "wait", restore_uid, "--restores-dir", str(volumes_dir))
+        self.sh("ark", "restic", "wait", restore_uid, "--restores-dir", str(volumes_dir), "--timeout", "180")
 
-    def patch_status(self, uid: str, status: dict) -> None:  # type: ignore[type-arg]
+    def api(self, method: str, path: str, body: dict) -> None:  # type: ignore[type-arg]
         import ssl
         import urllib.request
 
         assert self.env is not None
+        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
         req = urllib.request.Request(
-            f"{self.env.server}/api/v1/namespaces/{APP_NS}/pods/web/status",
-            data=json.dumps(status).encode(),
-            method="PATCH",
-            headers={
-                "Authorization": f"Bearer {self.env.token}",
-                "Content-Type": "application/merge-patch+json",
-            },
+            f"{self.env.server}{path}",
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {self.env.token}", "Content-Type": content_type},
         )
         with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=self.env.ca_file)) as resp:
             resp.read()
