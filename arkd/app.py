@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from arkd.config import NodeAgentSettings, ServerSettings
+from arkd.config import DEFAULT_RESTORE_HELPER_IMAGE, NodeAgentSettings, ServerSettings
 from arkd.controllers.config import ConfigHolder
 from arkd.controllers.resources import CONFIGS
 from arkd.controllers.runtime import Informers, ServerContext
 from arkd.kube.client import KubeClient
 from arkd.kube.clock import RealClock
 from arkd.kube.controller import ControllerMetrics
+from arkd.kube.errors import ApiError
 from arkd.kube.events import EventRecorder
 from arkd.kube.leader import LeaderElector
+from arkd.kube.resource import PODS
 from arkd.metrics import HttpEndpoint, ServerMetrics
 
 log = logging.getLogger("arkd.app")
@@ -61,6 +64,20 @@ def server_controllers(ctx: ServerContext) -> list[Runnable]:
         BackupSyncController(ctx),
         DownloadRequestController(ctx),
     ]
+
+
+async def own_image(client: KubeClient, settings: ServerSettings) -> str:
+    """The image of this server's `ark` container, so `kubectl set image` also moves restic-wait."""
+    pod = os.environ.get("POD_NAME")
+    if pod:
+        try:
+            obj = await client.get(PODS, pod, settings.namespace)
+            for container in obj.get("spec", {}).get("containers", []):
+                if container.get("name") == "ark" and container.get("image"):
+                    return str(container["image"])
+        except ApiError as exc:
+            log.warning("cannot read this server's pod for its image", extra={"pod": pod, "error": str(exc)})
+    return DEFAULT_RESTORE_HELPER_IMAGE
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -100,6 +117,9 @@ async def run_server(settings: ServerSettings, stop: asyncio.Event | None = None
 
     async def lead() -> None:
         state["leading"] = True
+        nonlocal settings
+        if not settings.restore_helper_image:
+            settings = settings.model_copy(update={"restore_helper_image": await own_image(client, settings)})
         informers = Informers(client, clock)
         config = ConfigHolder(informers.get(CONFIGS, settings.namespace), settings.namespace, recorder)
         ctx = ServerContext(

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 
 from arkd.api.constants import DEFAULT_NAMESPACE
 
+DEFAULT_RESTORE_HELPER_IMAGE = "arkd/ark:latest"
+
 
 def default_namespace() -> str:
     """Ark's rule: the flag, else $HEPTIO_ARK_NAMESPACE, else the service account's, else heptio-ark."""
@@ -41,7 +43,7 @@ class ServerSettings(CommonSettings):
 
     require_restic_keys: bool = False
     pod_volume_stall_timeout: float = 600.0
-    restore_helper_image: str = "arkd/ark:latest"
+    restore_helper_image: str = DEFAULT_RESTORE_HELPER_IMAGE
     backup_workers: int = 2
     restore_workers: int = 2
     pod_concurrency: int = 16

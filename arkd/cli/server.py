@@ -40,9 +40,9 @@ def _common(f: F) -> F:
 )
 @click.option(
     "--restore-helper-image",
-    default="arkd/ark:latest",
-    show_default=True,
-    help="Image of the restic-wait init container added to restored pods.",
+    default="",
+    help="Image of the restic-wait init container added to restored pods "
+    "(default: this server's own image, read from its pod; else arkd/ark:latest).",
 )
 @click.option("--no-leader-elect", is_flag=True, help="Run without the Lease (only one replica may run).")
 @_common
