@@ -8,5 +8,5 @@ bash tests/envtest/setup.sh
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[demo]"
 exec .venv/bin/python hack/demo.py
