@@ -56,6 +56,10 @@ async def test_a_stale_status_patch_gets_conflict_and_the_harness_retries_it_to_
             f"{namespace}/b", lambda o: (o.get("status") or {}).get("phase") == "InProgress", timeout=30
         )
         assert final is not None, outcomes
+        for _ in range(100):  # the informer may deliver the write before the reconcile records it
+            if outcomes[-1] == "written":
+                break
+            await asyncio.sleep(0.05)
         # The first write conflicts; retries (from a cache that may still lag a moment) end in success.
         assert outcomes[0] == "conflict" and outcomes[-1] == "written"
         assert set(outcomes[:-1]) == {"conflict"}
