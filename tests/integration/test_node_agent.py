@@ -83,11 +83,13 @@ async def env(kube: KubeClient, namespace: str, tmp_path: Path) -> Env:
 
 
 @contextlib.asynccontextmanager
-async def agent(env: Env, *, max_concurrent: int = 2, node: str | None = None) -> AsyncIterator[EventRecorder]:
+async def agent(
+    env: Env, *, max_concurrent: int = 2, node: str | None = None, host: Path | None = None
+) -> AsyncIterator[EventRecorder]:
     settings = NodeAgentSettings(
         namespace=env.ns,
         node_name=node or env.node,
-        host_pods_dir=str(env.host),
+        host_pods_dir=str(host or env.host),
         max_concurrent=max_concurrent,
         scratch_dir=str(env.scratch),
         progress_interval=0.2,
@@ -117,8 +119,7 @@ async def create_pod(
     meta: Obj = {"name": name, "namespace": ns}
     if owner is not None:
         meta["ownerReferences"] = [
-            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": str(uuid.uuid4()),
-             "controller": True}
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": str(uuid.uuid4()), "controller": True}
         ]
     spec: Obj = {
         "nodeName": node or env.node,
@@ -203,8 +204,12 @@ async def create_pvb(
             "volume": volume,
             "repoIdentifier": env.repo_id,
             "tags": restic_tags(
-                backup_name=backup, backup_uid=backup_uid, pod_name=pod["metadata"]["name"],
-                pod_uid=uid(pod), pod_namespace=env.ns, volume=volume,
+                backup_name=backup,
+                backup_uid=backup_uid,
+                pod_name=pod["metadata"]["name"],
+                pod_uid=uid(pod),
+                pod_namespace=env.ns,
+                volume=volume,
             ),
         },
     }
@@ -350,8 +355,11 @@ async def test_recreated_pod_backs_up_with_parent_of_same_pvc(env: Env) -> None:
 
     async with agent(env):
         first = await wait_phase(
-            env, PODVOLUMEBACKUPS, await create_pvb(env, first_pod, "data", backup="nightly-1", labels=labels),
-            "Completed", "Failed",
+            env,
+            PODVOLUMEBACKUPS,
+            await create_pvb(env, first_pod, "data", backup="nightly-1", labels=labels),
+            "Completed",
+            "Failed",
         )
         assert first["status"]["phase"] == "Completed", first["status"]
         assert first["status"]["path"] == str(first_dir)
@@ -364,8 +372,11 @@ async def test_recreated_pod_backs_up_with_parent_of_same_pvc(env: Env) -> None:
         second_dir = kubelet_dir(env, second_pod, CSI, "pv-db")
         fill(second_dir, seed=3, size=4 * 1024 * 1024)
         second = await wait_phase(
-            env, PODVOLUMEBACKUPS, await create_pvb(env, second_pod, "data", backup="nightly-2", labels=labels),
-            "Completed", "Failed",
+            env,
+            PODVOLUMEBACKUPS,
+            await create_pvb(env, second_pod, "data", backup="nightly-2", labels=labels),
+            "Completed",
+            "Failed",
         )
 
     assert second["status"]["phase"] == "Completed", second["status"]
@@ -433,9 +444,53 @@ async def test_concurrency_limit_one_never_runs_two_at_once(env: Env) -> None:
     assert most_in_progress == 1
 
 
-async def test_killed_agent_leaves_pvb_in_progress_and_a_new_agent_completes_it(
-    env: Env, tmp_path: Path
-) -> None:
+async def test_two_nodes_run_in_parallel_and_each_keeps_its_own_limit(env: Env, tmp_path: Path) -> None:
+    hosts = {"node-a": tmp_path / "host-a", "node-b": tmp_path / "host-b"}
+    names: dict[str, str] = {}  # PodVolumeBackup name -> node
+    for node, host in hosts.items():
+        for i in range(2):
+            pod = await create_pod(env, f"{node}-p{i}", [{"name": "data", "emptyDir": {}}], node=node)
+            path = host / uid(pod) / "volumes" / EMPTY_DIR / "data"
+            path.mkdir(parents=True)
+            fill(path, seed=hash((node, i)) % 1000, size=12 * 1024 * 1024)
+            names[await create_pvb(env, pod, "data", backup=f"b-{node}-{i}", node=node)] = node
+
+    page = await env.kube.list_page(PODVOLUMEBACKUPS, env.ns)
+    phases: dict[str, str] = {}
+    most_per_node = dict.fromkeys(hosts, 0)
+    most_overall = 0
+
+    async def observe() -> None:
+        nonlocal most_overall
+        async for event in env.kube.watch(
+            PODVOLUMEBACKUPS, env.ns, resource_version=page["metadata"]["resourceVersion"]
+        ):
+            obj = event["object"]
+            if event["type"] not in ("ADDED", "MODIFIED") or obj["metadata"]["name"] not in names:
+                continue
+            phases[obj["metadata"]["name"]] = (obj.get("status") or {}).get("phase") or "New"
+            running = [n for n, p in phases.items() if p == "InProgress"]
+            for node in hosts:
+                most_per_node[node] = max(most_per_node[node], sum(names[n] == node for n in running))
+            most_overall = max(most_overall, len(running))
+            if all(phases.get(n) in ("Completed", "Failed") for n in names):
+                return
+
+    async with (
+        agent(env, max_concurrent=1, node="node-a", host=hosts["node-a"]),
+        agent(env, max_concurrent=1, node="node-b", host=hosts["node-b"]),
+    ):
+        await asyncio.wait_for(observe(), WAIT)
+
+    assert all(phases[n] == "Completed" for n in names), phases
+    assert most_per_node == {"node-a": 1, "node-b": 1}  # each node's limit held
+    assert most_overall == 2  # and the two nodes worked at the same time
+    for name, node in names.items():
+        obj = await env.kube.get(PODVOLUMEBACKUPS, name, env.ns)
+        assert obj["status"]["path"].startswith(str(hosts[node]))  # each agent read its own host dir
+
+
+async def test_killed_agent_leaves_pvb_in_progress_and_a_new_agent_completes_it(env: Env, tmp_path: Path) -> None:
     pod = await create_pod(env, "big", [{"name": "data", "emptyDir": {}}])
     vol = kubelet_dir(env, pod, EMPTY_DIR, "data")
     fill(vol, seed=20, size=256 * 1024 * 1024)  # several seconds of restic work
@@ -561,8 +616,13 @@ async def test_restore_waits_for_restic_wait_then_restores_and_releases_it(
                 "namespace": env.ns,
                 "labels": {RESTORE_NAME_LABEL: "r1", RESTORE_UID_LABEL: restore_uid, POD_UID_LABEL: uid(pod)},
                 "ownerReferences": [
-                    {"apiVersion": "ark.heptio.com/v1", "kind": "Restore", "name": "r1", "uid": restore_uid,
-                     "controller": True}
+                    {
+                        "apiVersion": "ark.heptio.com/v1",
+                        "kind": "Restore",
+                        "name": "r1",
+                        "uid": restore_uid,
+                        "controller": True,
+                    }
                 ],
             },
             "spec": {
@@ -587,15 +647,26 @@ async def test_restore_waits_for_restic_wait_then_restores_and_releases_it(
             "web",
             namespace=mapped_namespace,
             subresource="status",
-            patch=
-            {
+            patch={
                 "status": {
                     "phase": "Pending",
                     "initContainerStatuses": [
-                        {"name": "restic-wait", "ready": False, "restartCount": 0, "image": "arkd/ark:latest",
-                         "imageID": "", "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}},
-                        {"name": "setup", "ready": False, "restartCount": 0, "image": "busybox", "imageID": "",
-                         "state": {"waiting": {"reason": "PodInitializing"}}},
+                        {
+                            "name": "restic-wait",
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": "arkd/ark:latest",
+                            "imageID": "",
+                            "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}},
+                        },
+                        {
+                            "name": "setup",
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": "busybox",
+                            "imageID": "",
+                            "state": {"waiting": {"reason": "PodInitializing"}},
+                        },
                     ],
                 }
             },
