@@ -86,6 +86,12 @@ class BackupStatus(ArkModel):
     failure_reason: str | None = Field(
         None, description="arkd: why the backup is Failed or PartiallyFailed, in one sentence."
     )
+    warning_messages: list[str] | None = Field(
+        None, description="arkd: the first warnings in full (all of them are in the backup log)."
+    )
+    error_messages: list[str] | None = Field(
+        None, description="arkd: the first errors in full (all of them are in the backup log)."
+    )
 
 
 class Backup(ArkObject):

@@ -288,8 +288,13 @@ def describe_backup(obj: dict[str, Any], pvbs: list[dict[str, Any]], details: bo
         f"Expiration:  {human_time(status.get('expiration'))}",
         "",
         f"Errors:    {status.get('errors') or 0}",
+        *[f"    - {e}" for e in status.get("errorMessages") or []],
         f"Warnings:  {status.get('warnings') or 0}",
+        *[f"    - {w}" for w in status.get("warningMessages") or []],
     ]
+    shown = len(status.get("warningMessages") or []) + len(status.get("errorMessages") or [])
+    if shown < (status.get("warnings") or 0) + (status.get("errors") or 0):
+        lines.append(f"  (all of them: `ark backup logs {meta.get('name')}`)")
     lines += ["", *describe_pod_volume_backups(pvbs, details)]
     return "\n".join(lines)
 

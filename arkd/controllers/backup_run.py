@@ -67,6 +67,8 @@ PODS = "pods"
 MAX_LOG_LINES = 100_000
 SUMMARY_ERRORS = 3
 MAX_WARNING_EVENTS = 10
+# Full warning and error texts kept in the Backup status for `ark backup describe`; the log has all.
+MAX_STATUS_MESSAGES = 20
 _FINAL_PATCH_ATTEMPTS = 5
 _CACHE_CATCH_UP_SECONDS = 10.0
 _PAGE_SIZE = 500
@@ -472,6 +474,9 @@ class BackupRun:
             "warnings": len(self.log.warnings),
             "errors": len(errors) + (1 if fatal else 0),
             "failureReason": fatal or (summarize(errors) if errors else None),
+            "warningMessages": self.log.warnings[:MAX_STATUS_MESSAGES] or None,
+            "errorMessages": ([fatal] if fatal else [])[:1] + errors[: MAX_STATUS_MESSAGES - (1 if fatal else 0)]
+            or None,
         }
         if fatal:
             self.log.error("backup failed", reason=fatal)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -28,7 +29,7 @@ from arkd.kube.resource import PODS, PVCS, SECRETS
 from arkd.log import bind
 from arkd.metrics import PodVolumeMetrics
 from arkd.podvolume.keys import RepositoryKeys
-from arkd.restic.runner import ResticRunner
+from arkd.restic.runner import ResticRunner, sweep_stale_sessions
 
 log = logging.getLogger("arkd.controllers.node_agent")
 
@@ -103,6 +104,8 @@ class NodeAgent:
                     "directory is mounted there",
                     extra={"host_pods_dir": self.settings.host_pods_dir},
                 )
+            # A killed predecessor may have left password files behind: remove them before any work.
+            await asyncio.to_thread(sweep_stale_sessions, tempfile.gettempdir())
             self.recorder.start()
             try:
                 async with asyncio.TaskGroup() as group:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -41,6 +42,67 @@ def cache_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """Ark GA's restic cache location: `$ARK_SCRATCH_DIR/.cache/restic` when the variable is set."""
     scratch = (os.environ if environ is None else environ).get("ARK_SCRATCH_DIR")
     return str(Path(scratch) / ".cache" / "restic") if scratch else None
+
+
+SESSION_PREFIX = "arkd-restic-session-"
+_LOCK_NAME = ".lock"
+
+
+class SecretsSession:
+    """A private 0700 directory for this process's password files, marked live by an flock.
+
+    A SIGKILLed or OOM-killed process cannot remove its password files; the kernel does drop its
+    flock, so the next process (the restarted agent, with the same PID 1 in its container) removes
+    every session directory whose lock nobody holds: the key does not stay on the node's disk.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.path: str | None = None
+        self._lock_fd: int | None = None
+
+    def directory(self) -> str:
+        if self.path is None or not Path(self.path).is_dir():
+            sweep_stale_sessions(self.base)
+            path = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=self.base)
+            fd = os.open(Path(path, _LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path, self._lock_fd = path, fd
+        return self.path
+
+    def close(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self.path, self._lock_fd = None, None
+
+
+def sweep_stale_sessions(base: str) -> list[str]:
+    """Remove password directories left by processes that died without cleaning up; returns them."""
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(SESSION_PREFIX) and e.is_dir()]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            fd = os.open(Path(entry.path, _LOCK_NAME), os.O_RDWR)
+        except OSError:
+            fd = None  # no lock file: a session that died while being created
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live process holds it
+        finally:
+            if fd is not None:
+                os.close(fd)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    if removed:
+        logger.warning("removed password files left by a killed process", extra={"directories": len(removed)})
+    return removed
 
 
 @dataclass(frozen=True)
@@ -159,6 +221,7 @@ class ResticRunner:
         self.temp_dir = temp_dir
         self.interrupt_grace = interrupt_grace
         self.launcher = tuple(launcher)
+        self._secrets: SecretsSession | None = None
         self._tail_lines = stderr_tail_lines
         self._tail_bytes = stderr_tail_bytes
         self._max_line = max_line_bytes
@@ -187,8 +250,7 @@ class ResticRunner:
         if cwd is not None and not await asyncio.to_thread(Path(cwd).is_dir):
             raise NotADirectoryError(f"{command.summary}: working directory {os.fspath(cwd)} is not a directory")
         run_env = _build_env(self.inherit_env, self.env, env)
-        temp_base = self.temp_dir or tempfile.gettempdir()
-        secrets_dir = tempfile.mkdtemp(prefix="arkd-restic-", dir=temp_base)  # mode 0700
+        secrets_dir = tempfile.mkdtemp(prefix="run-", dir=self._session().directory())  # mode 0700
         try:
             password_file = _write_secret(secrets_dir, "password", password)
             secret_files = {
@@ -211,6 +273,11 @@ class ResticRunner:
             )
         finally:
             shutil.rmtree(secrets_dir, ignore_errors=True)
+
+    def _session(self) -> SecretsSession:
+        if self._secrets is None:
+            self._secrets = SecretsSession(self.temp_dir or tempfile.gettempdir())
+        return self._secrets
 
     async def _execute(
         self,

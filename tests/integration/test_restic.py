@@ -35,6 +35,11 @@ TAGS = {
 NO_DAC_OVERRIDE = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
 
 
+def password_files(base: Path) -> list[Path]:
+    """What a run may leave behind: nothing but its session's lock file."""
+    return [p for p in base.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def restic_installed() -> None:
     if shutil.which("restic") is None:
@@ -263,7 +268,7 @@ async def test_cancelled_backup_is_interrupted_cleanly_and_never_exposes_the_pas
     assert b"RESTIC_PASSWORD" not in environ
     [password_flag] = [a.decode() for a in argv if a.startswith(b"--password-file=")]
     password_file = Path(password_flag.split("=", 1)[1])
-    assert password_file.parent.parent == secrets_base
+    assert password_file.parent.parent.parent == secrets_base  # <base>/<session>/<run>/password
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(password_file.parent.stat().st_mode) == 0o700
     assert password_file.read_bytes() == PASSWORD
@@ -273,7 +278,7 @@ async def test_cancelled_backup_is_interrupted_cleanly_and_never_exposes_the_pas
         await task
 
     assert not Path(f"/proc/{pid}").exists(), "restic was reaped"
-    assert list(secrets_base.iterdir()) == []
+    assert password_files(secrets_base) == []
     assert await repo.locks() == []
     assert await repo.snapshots() == []
     await repo.check()
@@ -291,7 +296,7 @@ async def test_cancel_at_any_moment_leaves_no_lock(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert restic_processes(repo.identifier) == []
-    assert list(secrets_base.iterdir()) == []
+    assert password_files(secrets_base) == []
     assert await repo.locks() == []
 
 
@@ -305,7 +310,7 @@ async def test_a_raising_progress_callback_stops_restic(tmp_path: Path, repo: Re
     with pytest.raises(RuntimeError, match="status update failed"):
         await repo.backup(volume, tags=TAGS, host="ark", progress=progress)
     assert restic_processes(repo.identifier) == []
-    assert list(secrets_base.iterdir()) == []
+    assert password_files(secrets_base) == []
     assert await repo.locks() == []
 
 
@@ -335,7 +340,7 @@ async def test_a_child_that_ignores_sigint_is_killed_after_the_grace_period(tmp_
         await task
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
-    assert list(secrets_base.iterdir()) == []
+    assert password_files(secrets_base) == []
 
 
 async def test_key_rotation(tmp_path: Path, repo: Repository) -> None:

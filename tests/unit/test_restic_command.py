@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from arkd.restic import cache_dir_from_env
@@ -185,3 +187,36 @@ def test_cache_dir_from_ark_scratch_dir() -> None:
     assert cache_dir_from_env({"ARK_SCRATCH_DIR": "/scratch"}) == "/scratch/.cache/restic"
     assert cache_dir_from_env({}) is None
     assert cache_dir_from_env({"ARK_SCRATCH_DIR": ""}) is None
+
+
+def test_stale_password_directories_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from arkd.restic.runner import SESSION_PREFIX, SecretsSession, sweep_stale_sessions
+
+    live = SecretsSession(str(tmp_path))
+    live_dir = live.directory()
+    dead = tmp_path / f"{SESSION_PREFIX}dead"
+    dead.mkdir()
+    (dead / ".lock").touch()
+    (dead / "run-1").mkdir()
+    (dead / "run-1" / "password").write_bytes(b"secret key")
+    half_made = tmp_path / f"{SESSION_PREFIX}nolock"
+    half_made.mkdir()
+    unrelated = tmp_path / "other-dir"
+    unrelated.mkdir()
+
+    removed = sweep_stale_sessions(str(tmp_path))
+
+    assert sorted(removed) == sorted([str(dead), str(half_made)])
+    assert Path(live_dir).is_dir() and unrelated.is_dir()
+    # The live session's lock is really held: nobody else can take it.
+    fd = os.open(Path(live_dir, ".lock"), os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    live.close()
+    assert not Path(live_dir).exists()
