@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -68,6 +69,7 @@ class SecretsSession:
             fd = os.open(Path(path, _LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.path, self._lock_fd = path, fd
+            atexit.register(self.close)  # a clean exit leaves nothing; a killed one is swept later
         return self.path
 
     def close(self) -> None:
