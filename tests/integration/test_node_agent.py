@@ -705,3 +705,93 @@ async def test_repository_keys_create_once_read_back_and_can_be_required(env: En
     repo = Repository(f"{env.repo_id}-app", created)
     await repo.init()
     assert await repo.snapshots() == []
+
+
+async def _restorable_pod(env: Env, snapshot_id: str) -> tuple[Obj, Path, str]:
+    """A restored pod with restic-wait running, its empty volume folder, and its PodVolumeRestore."""
+    restore_uid = str(uuid.uuid4())
+    pod = await create_pod(
+        env,
+        f"web-{secrets.token_hex(3)}",
+        [{"name": "data", "emptyDir": {}}],
+        init_containers=[{"name": "restic-wait", "image": "arkd/ark:latest", "args": [restore_uid]}],
+    )
+    vol = kubelet_dir(env, pod, EMPTY_DIR, "data")
+    name = f"r-{secrets.token_hex(4)}"
+    await env.kube.create(
+        PODVOLUMERESTORES,
+        {
+            "apiVersion": "ark.heptio.com/v1",
+            "kind": "PodVolumeRestore",
+            "metadata": {
+                "name": name,
+                "namespace": env.ns,
+                "labels": {RESTORE_NAME_LABEL: "r", RESTORE_UID_LABEL: restore_uid, POD_UID_LABEL: uid(pod)},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "ark.heptio.com/v1",
+                        "kind": "Restore",
+                        "name": "r",
+                        "uid": restore_uid,
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {
+                "pod": {"kind": "Pod", "namespace": env.ns, "name": pod["metadata"]["name"], "uid": uid(pod)},
+                "volume": "data",
+                "repoIdentifier": env.repo_id,
+                "snapshotID": snapshot_id,
+            },
+        },
+        env.ns,
+    )
+    running = {"running": {"startedAt": "2024-01-01T00:00:00Z"}}
+    status = {
+        "phase": "Pending",
+        "initContainerStatuses": [
+            {
+                "name": "restic-wait",
+                "ready": False,
+                "restartCount": 0,
+                "image": "arkd/ark:latest",
+                "imageID": "",
+                "state": running,
+            }
+        ],
+    }
+    await env.kube.patch(PODS, pod["metadata"]["name"], {"status": status}, env.ns, subresource="status")
+    return pod, vol, name
+
+
+async def test_killed_agent_mid_restore_is_finished_by_the_next_agent_with_whole_data(env: Env, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    fill(source, seed=41, size=96 * 1024 * 1024)
+    summary = await env.repo.backup(source, tags={"backup": "b1", "volume": "data"}, host="ark")
+    _, vol, name = await _restorable_pod(env, summary.snapshot_id)
+
+    async with agent(env):
+        await wait_phase(env, PODVOLUMERESTORES, name, "InProgress", "Completed")
+    # The agent is gone mid-restore (as after SIGKILL or a node restart): the object stays InProgress.
+    left = await env.kube.get(PODVOLUMERESTORES, name, env.ns)
+    if left["status"]["phase"] == "Completed":
+        pytest.fail("the restore finished before the agent could be stopped; use more data")
+    assert left["status"]["phase"] == "InProgress"
+
+    async with agent(env):
+        done = await wait_phase(env, PODVOLUMERESTORES, name, "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    assert tree(vol, skip=(".ark",)) == tree(source)
+    restore_uid = done["metadata"]["labels"][RESTORE_UID_LABEL]
+    assert (vol / ".ark" / restore_uid).is_file()
+
+
+async def test_snapshot_missing_from_the_repository_fails_the_restore_naming_it(env: Env) -> None:
+    _, vol, name = await _restorable_pod(env, "deadbeef")
+    async with agent(env):
+        done = await wait_phase(env, PODVOLUMERESTORES, name, "Completed", "Failed")
+    assert done["status"]["phase"] == "Failed"
+    message = done["status"]["message"]
+    assert "snapshot deadbeef not found in restic repository" in message and env.repo_id in message, message
+    assert not (vol / ".ark").exists()  # restic-wait keeps the pod waiting; nothing claims the data is there
