@@ -77,6 +77,8 @@ class BackupContents:
         self.index = index
         self.ignored = ignored
         self._owns_root = owns_root
+        # Membership per item would scan a list: O(n^2) for a namespace of many objects.
+        self._members = {(gr, ns, name) for gr, by_ns in index.items() for ns, names in by_ns.items() for name in names}
 
     def __enter__(self) -> BackupContents:
         return self
@@ -108,7 +110,7 @@ class BackupContents:
         return list(self.index.get(group_resource, {}).get(namespace, []))
 
     def has(self, group_resource: str, namespace: str | None, name: str) -> bool:
-        return name in self.index.get(group_resource, {}).get(namespace, ())
+        return (group_resource, namespace, name) in self._members
 
     def path(self, group_resource: str, namespace: str | None, name: str) -> str:
         """The entry's path inside the archive (what Ark's messages show)."""
