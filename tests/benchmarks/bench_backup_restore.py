@@ -640,8 +640,9 @@ def main(argv: list[str] | None = None) -> None:
 
     exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="arkd-bench-br-"))
-    env = Envtest().start()
+    env = Envtest()
     try:
+        env.start()
         result = asyncio.run(bench(env, work, args))
     except BenchmarkError as exc:
         log = work / "ark-server.log"

@@ -729,9 +729,10 @@ def main(argv: list[str] | None = None) -> None:
 
     exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="arkd-bench-restic-", dir=args.workdir))
-    env = Envtest().start()
+    env = Envtest()
     bench = ResticBench(env, work, args)
     try:
+        env.start()
         result = asyncio.run(bench.run())
     except BenchmarkError as exc:
         raise SystemExit(f"benchmark failed: {exc}\n{bench.log_tails()}") from None
