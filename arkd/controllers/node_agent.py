@@ -86,7 +86,7 @@ class NodeAgent:
             controller_metrics=controller_metrics or ControllerMetrics(registry),
         )
         self.backups = PodVolumeBackupController(ctx, self.pvbs)
-        self.restores = PodVolumeRestoreController(ctx, self.pvrs, self.pods)
+        self.restores = PodVolumeRestoreController(ctx, self.pvrs, self.pods, self.pvbs)
         self._running = False
 
     @property

@@ -116,10 +116,23 @@ class PodVolumeRestoreController(PodVolumeOperationController):
     operation = "restore"
     resource = PODVOLUMERESTORES
 
-    def __init__(self, ctx: NodeContext, informer: Informer, pods: Informer) -> None:
+    def __init__(self, ctx: NodeContext, informer: Informer, pods: Informer, backups: Informer | None = None) -> None:
         informer.cache.add_index(POD_UID_INDEX, _pod_uid_index)
         super().__init__(ctx, informer)
+        self.backups = backups
         pods.add_handler(self._pod_changed, lambda _old, new: self._pod_changed(new), None)
+
+    def _backed_up_bytes(self, snapshot_id: str, repo_identifier: str) -> int | None:
+        """The size the PodVolumeBackup that made this snapshot recorded, if it is still in the cluster."""
+        if self.backups is None:
+            return None
+        for pvb in self.backups.cache.list():
+            spec, status = pvb.get("spec") or {}, pvb.get("status") or {}
+            if status.get("snapshotID") == snapshot_id and spec.get("repoIdentifier") == repo_identifier:
+                total = (status.get("progress") or {}).get("totalBytes")
+                if isinstance(total, int) and total > 0 and status.get("phase") == "Completed":
+                    return total
+        return None
 
     def _pod_changed(self, pod: Obj) -> None:
         uid = uid_of(pod)
@@ -196,7 +209,12 @@ class PodVolumeRestoreController(PodVolumeOperationController):
             "running restic restore",
             extra={"path": str(path), "snapshot": spec.snapshot_id, "repository": spec.repo_identifier},
         )
-        summary = await repo.restore(spec.snapshot_id, path, progress=progress)
+        summary = await repo.restore(
+            spec.snapshot_id,
+            path,
+            progress=progress,
+            total_bytes=self._backed_up_bytes(spec.snapshot_id, spec.repo_identifier),
+        )
         try:
             await asyncio.to_thread(write_done_file, path, owner_uid)
         except OSError as exc:

