@@ -40,6 +40,7 @@ from arkd.backup.tarball import TarballError, TarballWriter, gzip_bytes, gzip_js
 from arkd.controllers.backup_podvolumes import PodResult, PodVolumeBackupper, without_managed_fields
 from arkd.controllers.config import ArkConfig
 from arkd.controllers.resources import BACKUPS
+from arkd.controllers.runlog import RunLog
 from arkd.controllers.runtime import ServerContext
 from arkd.kube.cache import at_least_version
 from arkd.kube.client import KubeClient
@@ -47,7 +48,7 @@ from arkd.kube.errors import ApiError, Conflict, Gone, NotFound
 from arkd.kube.informer import Informer
 from arkd.kube.patch import status_merge_patch
 from arkd.kube.resource import Resource
-from arkd.log import bind, record_fields
+from arkd.log import bind
 from arkd.podvolume.selection import pod_ref, requested_volumes
 from arkd.podvolume.tracker import PodVolumeTracker
 from arkd.storage import StorageError
@@ -64,7 +65,6 @@ Obj = dict[str, Any]
 Discover = Callable[[KubeClient], Awaitable[list[Resource]]]
 
 PODS = "pods"
-MAX_LOG_LINES = 100_000
 SUMMARY_ERRORS = 3
 MAX_WARNING_EVENTS = 10
 # Full warning and error texts kept in the Backup status for `ark backup describe`; the log has all.
@@ -159,82 +159,6 @@ class ApiLister:
                 return
 
 
-# --------------------------------------------------------------------------- the backup's own log
-
-
-def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-    if text and all(c.isalnum() or c in "-_./:@" for c in text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-class RunLog(logging.Handler):
-    """The log of one backup run, uploaded as `<backup>-logs.gz` (text lines, like Ark's logrus output).
-
-    The run's own messages are recorded directly; other arkd modules' records emitted inside the
-    run's log context (`backup_uid` field) are captured while the handler is attached.
-    """
-
-    def __init__(self, backup_key: str, backup_uid: str, wall: Callable[[], datetime.datetime]) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.backup_key = backup_key
-        self.backup_uid = backup_uid
-        self._wall = wall
-        self.lines: list[str] = []
-        self.warnings: list[str] = []
-        self.dropped = 0
-
-    def _append(self, level: str, msg: str, fields: dict[str, Any], when: datetime.datetime) -> None:
-        if len(self.lines) >= MAX_LOG_LINES:
-            self.dropped += 1
-            return
-        parts = [f'time="{format_time(when.replace(microsecond=0))}"', f"level={level}", f"msg={_quote(msg)}"]
-        parts.append(f"backup={self.backup_key}")
-        parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if k not in ("backup", "backup_uid"))
-        self.lines.append(" ".join(parts))
-
-    def _own(self, level: int, msg: str, fields: dict[str, Any]) -> None:
-        self._append(logging.getLevelName(level).lower(), msg, fields, self._wall())
-        log.log(level, msg, extra={**fields, "_arkd_run_log": self})
-
-    def info(self, msg: str, **fields: Any) -> None:
-        self._own(logging.INFO, msg, fields)
-
-    def warn(self, msg: str, **fields: Any) -> None:
-        self.warnings.append(msg)
-        self._own(logging.WARNING, msg, fields)
-
-    def error(self, msg: str, **fields: Any) -> None:
-        self._own(logging.ERROR, msg, fields)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "_arkd_run_log", None) is not None:
-            return  # a run's own line, already recorded
-        try:
-            fields = record_fields(record)
-            if fields.get("backup_uid") != self.backup_uid:
-                return
-            for noise in ("controller", "key"):
-                fields.pop(noise, None)
-            when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-            self._append(record.levelname.lower(), record.getMessage(), fields, when)
-        except Exception:
-            self.handleError(record)
-
-    def attach(self) -> None:
-        logging.getLogger().addHandler(self)
-
-    def detach(self) -> None:
-        logging.getLogger().removeHandler(self)
-
-    def text(self) -> str:
-        lines = list(self.lines)
-        if self.dropped:
-            lines.append(f'level=warning msg="{self.dropped} more log lines were dropped" backup={self.backup_key}')
-        return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -295,7 +219,7 @@ class BackupRun:
         self.key = f"{self.namespace}/{self.name}"
         self.resumed = resumed
         self.schedule = schedule_of(backup)
-        self.log = RunLog(self.key, self.uid, self.ctx.clock.wall)
+        self.log = RunLog("backup", self.key, self.uid, self.ctx.clock.wall, log)
         self.item_errors: list[str] = []
         self.volume_errors: list[str] = []
         # resourceVersion of the final status write; the controller ignores older cached copies.

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 from pydantic import ValidationError
 
 from arkd.api.constants import (
@@ -56,6 +55,7 @@ from arkd.backup.filters import (
 from arkd.backup.tarball import gzip_bytes, gzip_json
 from arkd.controllers.config import ArkConfig
 from arkd.controllers.resources import PODVOLUMERESTORES, RESTORES
+from arkd.controllers.runlog import RunLog
 from arkd.controllers.runtime import ServerContext
 from arkd.kube.cache import at_least_version
 from arkd.kube.discovery import discover, server_groups
@@ -63,7 +63,7 @@ from arkd.kube.errors import AlreadyExists, ApiError, Conflict, NotFound
 from arkd.kube.informer import Informer
 from arkd.kube.patch import guarded_merge_patch, status_merge_patch
 from arkd.kube.resource import NAMESPACES, Resource
-from arkd.log import bind, record_fields
+from arkd.log import bind
 from arkd.podvolume.keys import RepositoryKeys, ResticKeyError
 from arkd.podvolume.tracker import PodVolumeTracker, is_terminal, phase_of
 from arkd.restore.actions import (
@@ -94,7 +94,6 @@ T = TypeVar("T")
 
 PODS = "pods"
 NAMESPACES_GR = "namespaces"
-MAX_LOG_LINES = 100_000
 MAX_LABEL_VALUE = 63
 MAX_NAME_LENGTH = 253
 SUMMARY_ERRORS = 3
@@ -229,79 +228,6 @@ def plan_restore(obj: Obj, resources: Sequence[Resource]) -> RestorePlan:
 # --------------------------------------------------------------------------- the restore's own log
 
 
-def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-    if text and all(c.isalnum() or c in "-_./:@" for c in text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-class RestoreLog(logging.Handler):
-    """The log of one restore run, uploaded as `restore-<name>-logs.gz` (text lines like Ark's).
-
-    The run's own lines are recorded directly; records of other arkd modules emitted inside the
-    run's log context (`restore_uid` field) are captured while the handler is attached.
-    """
-
-    def __init__(self, restore_key: str, restore_uid: str, wall: Callable[[], datetime.datetime]) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.restore_key = restore_key
-        self.restore_uid = restore_uid
-        self._wall = wall
-        self.lines: list[str] = []
-        self.dropped = 0
-
-    def _append(self, level: str, msg: str, fields: dict[str, Any], when: datetime.datetime) -> None:
-        if len(self.lines) >= MAX_LOG_LINES:
-            self.dropped += 1
-            return
-        parts = [f'time="{format_time(when.replace(microsecond=0))}"', f"level={level}", f"msg={_quote(msg)}"]
-        parts.append(f"restore={self.restore_key}")
-        parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if k not in ("restore", "restore_uid"))
-        self.lines.append(" ".join(parts))
-
-    def _own(self, level: int, msg: str, fields: dict[str, Any]) -> None:
-        self._append(logging.getLevelName(level).lower(), msg, fields, self._wall())
-        log.log(level, msg, extra={**fields, "_arkd_restore_log": self})
-
-    def info(self, msg: str, **fields: Any) -> None:
-        self._own(logging.INFO, msg, fields)
-
-    def warn(self, msg: str, **fields: Any) -> None:
-        self._own(logging.WARNING, msg, fields)
-
-    def error(self, msg: str, **fields: Any) -> None:
-        self._own(logging.ERROR, msg, fields)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "_arkd_restore_log", None) is not None:
-            return  # a run's own line, already recorded
-        try:
-            fields = record_fields(record)
-            if fields.get("restore_uid") != self.restore_uid:
-                return
-            for noise in ("controller", "key"):
-                fields.pop(noise, None)
-            when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-            self._append(record.levelname.lower(), record.getMessage(), fields, when)
-        except Exception:
-            self.handleError(record)
-
-    def attach(self) -> None:
-        logging.getLogger().addHandler(self)
-
-    def detach(self) -> None:
-        logging.getLogger().removeHandler(self)
-
-    def text(self) -> str:
-        lines = list(self.lines)
-        if self.dropped:
-            lines.append(
-                f'level=warning msg="{self.dropped} more log lines were dropped" restore={self.restore_key}'
-            )
-        return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -359,7 +285,7 @@ class RestoreRun:
         self.key = f"{self.namespace}/{self.name}"
         self.backup_name = str(_spec(restore).get("backupName") or "")
         self.resumed = resumed
-        self.log = RestoreLog(self.key, self.uid, self.ctx.clock.wall)
+        self.log = RunLog("restore", self.key, self.uid, self.ctx.clock.wall, log)
         self.results = RestoreResults()
         self.item_errors: list[str] = []
         self.failed_volumes: list[str] = []
