@@ -37,9 +37,8 @@ from arkd.controllers.config import ArkConfig
 from arkd.controllers.resources import PODVOLUMEBACKUPS, RESTICREPOSITORIES
 from arkd.kube.client import KubeClient
 from arkd.kube.clock import Clock
-from arkd.kube.errors import AlreadyExists, ApiError, Conflict, NotFound
+from arkd.kube.errors import AlreadyExists, ApiError, NotFound
 from arkd.kube.informer import Informer
-from arkd.kube.patch import status_merge_patch
 from arkd.kube.resource import PVCS
 from arkd.podvolume.keys import RepositoryKeys, ResticKeyError
 from arkd.podvolume.selection import (
@@ -211,9 +210,7 @@ class PodVolumeBackupper:
             try:
                 identifier = await self._namespace_ready(namespace)
             except VolumeSetupError as exc:
-                result.errors.extend(
-                    f"volume {v.name} of pod {ref} not backed up: {exc}" for v in selection.volumes
-                )
+                result.errors.extend(f"volume {v.name} of pod {ref} not backed up: {exc}" for v in selection.volumes)
                 return result
             created: dict[str, SelectedVolume] = {}
             for volume in selection.volumes:
@@ -221,16 +218,13 @@ class PodVolumeBackupper:
                     pvb = await self._create(pod, node, volume, identifier)
                 except ApiError as exc:
                     result.errors.append(
-                        f"volume {volume.name} of pod {ref} not backed up: cannot create its "
-                        f"PodVolumeBackup: {exc}"
+                        f"volume {volume.name} of pod {ref} not backed up: cannot create its PodVolumeBackup: {exc}"
                     )
                     continue
                 created[str(_meta(pvb)["name"])] = volume
             if not created:
                 return result
-            self.reporter.info(
-                "waiting for pod volume backups", pod=ref, podvolumebackups=sorted(created), node=node
-            )
+            self.reporter.info("waiting for pod volume backups", pod=ref, podvolumebackups=sorted(created), node=node)
             outcome = await self._wait(set(created))
         for name, volume in created.items():
             self._record(result, ref, name, volume, outcome.get(name))
@@ -273,9 +267,7 @@ class PodVolumeBackupper:
             out[name] = await self._fail(name, obj, message)
         return out
 
-    def _record(
-        self, result: PodResult, ref: str, name: str, volume: SelectedVolume, obj: Obj | None
-    ) -> None:
+    def _record(self, result: PodResult, ref: str, name: str, volume: SelectedVolume, obj: Obj | None) -> None:
         if obj is None:
             result.errors.append(
                 f"pod volume backup failed: volume {volume.name} of pod {ref}: PodVolumeBackup {name} "
@@ -296,9 +288,7 @@ class PodVolumeBackupper:
             result.snapshots[volume.name] = snapshot_id
             if message:
                 # The node agent completes a snapshot that skipped unreadable files with a message.
-                result.errors.append(
-                    f"volume {volume.name} of pod {ref} was backed up with errors: {message}"
-                )
+                result.errors.append(f"volume {volume.name} of pod {ref} was backed up with errors: {message}")
             return
         if not is_terminal(obj):
             result.errors.append(
@@ -352,9 +342,7 @@ class PodVolumeBackupper:
             except ApiError as exc:
                 raise VolumeSetupError(f"cannot create ResticRepository {key}: {exc}") from None
         settled = {ResticRepositoryPhase.READY.value, ResticRepositoryPhase.NOT_READY.value}
-        repo = await self.repositories.cache.wait_for(
-            key, lambda obj: phase_of(obj) in settled, self.remaining()
-        )
+        repo = await self.repositories.cache.wait_for(key, lambda obj: phase_of(obj) in settled, self.remaining())
         if repo is None:
             current = self.repositories.cache.get(key)
             phase = phase_of(current) if current is not None else "not seen yet"
@@ -438,34 +426,14 @@ class PodVolumeBackupper:
 
     async def _fail(self, name: str, obj: Obj | None, message: str) -> Obj | None:
         """Mark a PodVolumeBackup Failed unless it reached a terminal phase meanwhile; its latest version."""
-        for _ in range(3):
-            if obj is None:
-                try:
-                    obj = await self.client.get(PODVOLUMEBACKUPS, name, self.ark_namespace)
-                except NotFound:
-                    return None
-            if is_terminal(obj):
-                return obj
-            status = {
-                "phase": PodVolumeBackupPhase.FAILED.value,
-                "message": message,
-                "completionTimestamp": format_time(self.clock.wall().replace(microsecond=0)),
-            }
-            try:
-                return await self.client.patch(
-                    PODVOLUMEBACKUPS, name, status_merge_patch(obj, status), self.ark_namespace,
-                    subresource="status",
-                )
-            except Conflict:
-                obj = None  # it moved meanwhile: look again
-            except NotFound:
-                return None
-            except ApiError as exc:
-                log.warning(
-                    "cannot mark pod volume backup failed", extra={"podvolumebackup": name, "error": str(exc)}
-                )
-                return obj
-        return obj
+        completion = format_time(self.clock.wall().replace(microsecond=0))
+        try:
+            return await self.tracker.fail(
+                self.client, PODVOLUMEBACKUPS, name, self.ark_namespace, message, completion, obj
+            )
+        except ApiError as exc:
+            log.warning("cannot mark pod volume backup failed", extra={"podvolumebackup": name, "error": str(exc)})
+            return obj
 
     # -- stall detection ---------------------------------------------------------------------------
     async def _watch_stalls(self) -> None:
@@ -513,4 +481,3 @@ def without_managed_fields(obj: Obj) -> Obj:
     meta.pop("managedFields", None)
     out["metadata"] = meta
     return out
-

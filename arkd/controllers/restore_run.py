@@ -368,8 +368,7 @@ class RestoreRun:
                 return await extract_tarball_stream(chunks)
         except ObjectNotFound:
             raise _Fatal(
-                f"the backup tarball {key} is not in {store.location}; the backup's data is missing from "
-                "object storage"
+                f"the backup tarball {key} is not in {store.location}; the backup's data is missing from object storage"
             ) from None
         except StorageError as exc:
             raise _Fatal(f"cannot download the backup tarball {key} from {store.location}: {exc}") from None
@@ -495,9 +494,7 @@ class RestoreRun:
         self.log.info("created namespace", namespace=target, source=source)
         return None
 
-    async def _restore_item(
-        self, scope: _Scope, gr: str, res: Resource, source_ns: str | None, name: str
-    ) -> None:
+    async def _restore_item(self, scope: _Scope, gr: str, res: Resource, source_ns: str | None, name: str) -> None:
         plan = scope.plan
         target_ns = target_namespace(source_ns, plan.namespace_mapping)
         what = f"{gr} {target_ns}/{name}" if target_ns else f"{gr} {name}"
@@ -562,8 +559,10 @@ class RestoreRun:
         if decision == PVDecision.PROVISION:
             # Reclaim policy Delete and no snapshot: its claims get a fresh volume instead.
             self._pvs_to_provision.add(name)
-            self.log.info(f"not restoring {what}: its reclaim policy is Delete and it has no snapshot; "
-                          "its claims are re-provisioned")
+            self.log.info(
+                f"not restoring {what}: its reclaim policy is Delete and it has no snapshot; "
+                "its claims are re-provisioned"
+            )
             return False
         if decision == PVDecision.RESTORE_FROM_SNAPSHOT:
             snapshot_id = snapshot.get("snapshotID") if isinstance(snapshot, dict) else None
@@ -594,9 +593,7 @@ class RestoreRun:
                 "(Config backupStorageProvider.resticLocation is empty); restoring the pod without their data",
             )
             return pod, {}
-        present = {
-            str(v.get("name")) for v in _spec(pod).get("volumes") or [] if isinstance(v, dict) and v.get("name")
-        }
+        present = {str(v.get("name")) for v in _spec(pod).get("volumes") or [] if isinstance(v, dict) and v.get("name")}
         for volume in sorted(set(snapshots) - present):
             self._warn(
                 target_ns,
@@ -688,9 +685,7 @@ class RestoreRun:
         desired = merge_service_accounts(existing, prepared)
         patch: Obj = {k: desired[k] for k in ("secrets", "imagePullSecrets") if desired.get(k) != existing.get(k)}
         meta_patch = {
-            k: _meta(desired)[k]
-            for k in ("labels", "annotations")
-            if _meta(desired).get(k) != _meta(existing).get(k)
+            k: _meta(desired)[k] for k in ("labels", "annotations") if _meta(desired).get(k) != _meta(existing).get(k)
         }
         if meta_patch:
             patch["metadata"] = meta_patch
@@ -800,8 +795,9 @@ class RestoreRun:
         timeout = self._pod_volume_timeout(config)
         timeout_text = format_duration(datetime.timedelta(seconds=timeout))
         names = {v.pvr for v in self.volumes}
-        self.log.info("all items restored; waiting for pod volume restores", podvolumerestores=sorted(names),
-                      timeout=timeout_text)
+        self.log.info(
+            "all items restored; waiting for pod volume restores", podvolumerestores=sorted(names), timeout=timeout_text
+        )
         clock = self.ctx.clock
         future = self.deps.tracker.wait(self.uid, names)
         timer = asyncio.ensure_future(clock.sleep(max(0.0, self._started + timeout - clock.now())))
@@ -832,33 +828,13 @@ class RestoreRun:
 
     async def _fail_pvr(self, name: str, obj: Obj | None, message: str) -> Obj | None:
         """Mark a PodVolumeRestore Failed unless it ended meanwhile; its latest version."""
-        client = self.ctx.client
-        for _ in range(3):
-            if obj is None:
-                try:
-                    obj = await client.get(PODVOLUMERESTORES, name, self.namespace)
-                except NotFound:
-                    return None
-            if is_terminal(obj):
-                return obj
-            status = {
-                "phase": PodVolumeRestorePhase.FAILED.value,
-                "message": message,
-                "completionTimestamp": format_time(self.ctx.clock.wall().replace(microsecond=0)),
-            }
-            try:
-                return await client.patch(
-                    PODVOLUMERESTORES, name, status_merge_patch(obj, status), self.namespace, subresource="status"
-                )
-            except Conflict:
-                obj = None
-            except NotFound:
-                return None
-            except ApiError as exc:
-                log.warning(
-                    "cannot mark pod volume restore failed", extra={"podvolumerestore": name, "error": str(exc)}
-                )
-                break
+        completion = format_time(self.ctx.clock.wall().replace(microsecond=0))
+        try:
+            return await self.deps.tracker.fail(
+                self.ctx.client, PODVOLUMERESTORES, name, self.namespace, message, completion, obj
+            )
+        except ApiError as exc:
+            log.warning("cannot mark pod volume restore failed", extra={"podvolumerestore": name, "error": str(exc)})
         # Could not record it on the object; the restore's results still say what happened.
         return {"metadata": {"name": name}, "status": {"phase": PodVolumeRestorePhase.FAILED.value, "message": message}}
 
@@ -904,7 +880,10 @@ class RestoreRun:
         errors = self.results.errors.count()
         phase = RestorePhase.FAILED if fatal else RestorePhase.PARTIALLY_FAILED if errors else RestorePhase.COMPLETED
         self.log.info(
-            "restore finished", phase=phase.value, restored=self.restored, errors=errors,
+            "restore finished",
+            phase=phase.value,
+            restored=self.restored,
+            errors=errors,
             warnings=self.results.warnings.count(),
         )
         warnings = self.results.warnings.count()
@@ -960,7 +939,9 @@ class RestoreRun:
         if phase == RestorePhase.COMPLETED:
             ctx.metrics.restore_success.inc()
             ctx.recorder.record(
-                event_obj, "Normal", "RestoreCompleted",
+                event_obj,
+                "Normal",
+                "RestoreCompleted",
                 f"restored {self.restored} items and {len(self.volumes)} pod volumes from backup {self.backup_name}"
                 + (f" with {status['warnings']} warnings" if status["warnings"] else ""),
             )

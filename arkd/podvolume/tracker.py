@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from arkd.kube.client import KubeClient
 from arkd.kube.clock import Clock
+from arkd.kube.errors import Conflict, NotFound
 from arkd.kube.patch import status_merge_patch
 from arkd.kube.resource import Resource
 
@@ -29,6 +30,7 @@ Results = dict[str, Obj | None]
 COMPLETED = "Completed"
 FAILED = "Failed"
 TERMINAL_PHASES = frozenset({COMPLETED, FAILED})
+_FAIL_ATTEMPTS = 3
 
 
 class HandlerSource(Protocol):
@@ -149,22 +151,41 @@ class PodVolumeTracker:
         return out
 
     async def fail(
-        self, client: KubeClient, resource: Resource, name: str, message: str, completion_time: str
+        self,
+        client: KubeClient,
+        resource: Resource,
+        name: str,
+        namespace: str,
+        message: str,
+        completion_time: str,
+        obj: Obj | None = None,
     ) -> Obj | None:
-        """Mark a tracked object Failed with `message` (a stall, a timeout); None if it is already terminal.
+        """Mark a PodVolumeBackup/Restore Failed (a stall, a timeout) unless it ended meanwhile.
 
-        The write is guarded by the resourceVersion the tracker last saw, so an agent's concurrent
-        Completed wins and this raises Conflict (retry after the informer caught up). The node
-        agent stops restic when it sees the object Failed.
+        Returns its latest version (the terminal one if an agent finished first), or None when it
+        is gone. Each write is guarded by the resourceVersion just seen, so a node agent's
+        concurrent Completed wins; a conflict re-reads and tries again. Other API errors raise.
+        The node agent stops restic when it sees the object Failed.
         """
-        obj = self.get(name)
-        if obj is None or is_terminal(obj):
-            return None
-        namespace = str((obj.get("metadata") or {}).get("namespace") or "")
-        patch = status_merge_patch(
-            obj, {"phase": FAILED, "message": message, "completionTimestamp": completion_time}
-        )
-        return await client.patch(resource, name, patch, namespace, subresource="status")
+        current = obj if obj is not None else self.get(name)
+        for _ in range(_FAIL_ATTEMPTS):
+            if current is None:
+                try:
+                    current = await client.get(resource, name, namespace)
+                except NotFound:
+                    return None
+            if is_terminal(current):
+                return current
+            patch = status_merge_patch(
+                current, {"phase": FAILED, "message": message, "completionTimestamp": completion_time}
+            )
+            try:
+                return await client.patch(resource, name, patch, namespace, subresource="status")
+            except Conflict:
+                current = None  # it moved meanwhile: look again
+            except NotFound:
+                return None
+        return current
 
     # -- informer handlers --------------------------------------------------------------------
     def _on_add(self, obj: Obj) -> None:
@@ -196,9 +217,7 @@ class PodVolumeTracker:
             return
         now = self._clock.now()
         previous = self._objects.get(name)
-        if previous is None or (
-            phase_of(previous.obj) != phase_of(obj) or bytes_done(previous.obj) != bytes_done(obj)
-        ):
+        if previous is None or (phase_of(previous.obj) != phase_of(obj) or bytes_done(previous.obj) != bytes_done(obj)):
             self._objects[name] = _Tracked(obj, now)
         else:
             previous.obj = obj

@@ -550,7 +550,9 @@ async def test_server_fails_a_running_pvb_through_the_tracker_and_the_agent_stop
             # What stall detection does; progress writes race with it, so retry on Conflict.
             for _ in range(100):
                 try:
-                    await tracker.fail(env.kube, PODVOLUMEBACKUPS, name, stall_message(600), "2024-01-01T00:00:00Z")
+                    await tracker.fail(
+                        env.kube, PODVOLUMEBACKUPS, name, env.ns, stall_message(600), "2024-01-01T00:00:00Z"
+                    )
                     break
                 except Conflict:
                     await asyncio.sleep(0.05)
