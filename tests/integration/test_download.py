@@ -6,37 +6,29 @@ Ark 0.9 lays them out.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import gzip
 import io
 import json
 import secrets
 import tarfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
-from prometheus_client import CollectorRegistry
 
 from arkd.api.meta import format_time
 from arkd.cli.backup_lifecycle import download, logs, restore_logs
-from arkd.config import ServerSettings
-from arkd.controllers.config import ConfigHolder
 from arkd.controllers.download import DownloadRequestController
 from arkd.controllers.resources import BACKUPS, CONFIGS, DOWNLOADREQUESTS, RESTORES
-from arkd.controllers.runtime import Informers, ServerContext
+from arkd.controllers.runtime import ServerContext
 from arkd.kube.client import KubeClient
-from arkd.kube.clock import RealClock
-from arkd.kube.controller import ControllerMetrics
 from arkd.kube.errors import NotFound
-from arkd.kube.events import EventRecorder
-from arkd.metrics import ServerMetrics
 from arkd.storage import ObjectStore, make_store
 from tests.support.moto import MotoServer
+from tests.support.server import ArkServer, Runnable, eventually, run_cli
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -45,63 +37,6 @@ _AMBIENT_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 
 
 # -- a server with the controllers under test (wired as arkd.app wires them) ---------------------------
-class Runnable(Protocol):
-    async def run(self) -> None: ...
-
-
-class ArkServer:
-    def __init__(self, kube: KubeClient, namespace: str, make: Callable[[ServerContext], Sequence[Runnable]]) -> None:
-        self.kube, self.namespace, self.make = kube, namespace, make
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> ArkServer:
-        self.informers = Informers(self.kube, RealClock())
-        self.recorder = EventRecorder(self.kube, "ark-server")
-        self.recorder.start()
-        self.config = ConfigHolder(self.informers.get(CONFIGS, self.namespace), self.namespace, self.recorder)
-        registry = CollectorRegistry()
-        self.ctx = ServerContext(
-            client=self.kube,
-            settings=ServerSettings(namespace=self.namespace, leader_elect=False),
-            informers=self.informers,
-            recorder=self.recorder,
-            registry=registry,
-            metrics=ServerMetrics.create(registry),
-            controller_metrics=ControllerMetrics(registry),
-            clock=RealClock(),
-            config=self.config,
-        )
-        self.controllers = list(self.make(self.ctx))
-        self.informers.start()
-        await self.informers.wait_synced(timeout=30)
-        await asyncio.wait_for(self.config.wait_ready(), 30)
-        self.tasks = [asyncio.create_task(c.run()) for c in self.controllers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.informers.stop()
-        await self.recorder.close()
-        await self.config.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy; fail saying `what` did not happen."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
-        await asyncio.sleep(0.1)
-
-
-async def run_cli(command: Any, *args: str) -> Result:
-    """Run a CLI command in a thread (it runs its own event loop), as a user would."""
-    return await asyncio.to_thread(CliRunner().invoke, command, list(args))
 
 
 def name(prefix: str) -> str:

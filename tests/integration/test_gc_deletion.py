@@ -13,18 +13,13 @@ import io
 import json
 import secrets
 import tarfile
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
-from prometheus_client import CollectorRegistry
 
 from arkd.api.meta import format_time
 from arkd.cli.backup_lifecycle import delete as backup_delete
-from arkd.config import ServerSettings
-from arkd.controllers.config import ConfigHolder
 from arkd.controllers.deletion import DeletionController, new_delete_backup_request
 from arkd.controllers.gc import GCController
 from arkd.controllers.resources import (
@@ -36,15 +31,13 @@ from arkd.controllers.resources import (
     RESTORES,
     SCHEDULES,
 )
-from arkd.controllers.runtime import Informers, ServerContext
+from arkd.controllers.runtime import ServerContext
 from arkd.kube.client import KubeClient
-from arkd.kube.clock import Clock, RealClock
-from arkd.kube.controller import ControllerMetrics
+from arkd.kube.clock import RealClock
 from arkd.kube.errors import NotFound
-from arkd.kube.events import EventRecorder
-from arkd.kube.resource import CONFIGMAPS, EVENTS
-from arkd.metrics import ServerMetrics
+from arkd.kube.resource import CONFIGMAPS
 from arkd.storage import LocalObjectStore, ObjectStore, make_store
+from tests.support.server import ArkServer, Runnable, events_for, eventually, run_cli
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -52,66 +45,6 @@ BUCKET = "ark-backups"
 
 
 # -- a server with the controllers under test (wired as arkd.app wires them) ---------------------------
-class Runnable(Protocol):
-    async def run(self) -> None: ...
-
-
-class ArkServer:
-    def __init__(
-        self,
-        kube: KubeClient,
-        namespace: str,
-        make: Callable[[ServerContext], Sequence[Runnable]],
-        *,
-        clock: Clock | None = None,
-        store_factory: Callable[[str, str, dict[str, str]], ObjectStore] = make_store,
-    ) -> None:
-        self.kube, self.namespace, self.make = kube, namespace, make
-        self.clock: Clock = clock or RealClock()
-        self.store_factory = store_factory
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> ArkServer:
-        self.informers = Informers(self.kube, RealClock())
-        self.recorder = EventRecorder(self.kube, "ark-server")
-        self.recorder.start()
-        self.config = ConfigHolder(
-            self.informers.get(CONFIGS, self.namespace), self.namespace, self.recorder, self.store_factory
-        )
-        registry = CollectorRegistry()
-        self.ctx = ServerContext(
-            client=self.kube,
-            settings=ServerSettings(namespace=self.namespace, leader_elect=False),
-            informers=self.informers,
-            recorder=self.recorder,
-            registry=registry,
-            metrics=ServerMetrics.create(registry),
-            controller_metrics=ControllerMetrics(registry),
-            clock=self.clock,
-            config=self.config,
-        )
-        self.controllers = list(self.make(self.ctx))
-        self.informers.start()
-        await self.informers.wait_synced(timeout=30)
-        await asyncio.wait_for(self.config.wait_ready(), 30)
-        self.tasks = [asyncio.create_task(c.run()) for c in self.controllers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Stop like a killed process would: cancel everything wherever it is."""
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks = []
-        await self.informers.stop()
-        await self.recorder.close()
-        await self.config.close()
-
-    def metric(self, name: str) -> float:
-        return float(self.ctx.registry.get_sample_value(name) or 0.0)
 
 
 async def create_config(kube: KubeClient, namespace: str, storage_dir: Path, **settings: Any) -> None:
@@ -124,23 +57,6 @@ async def create_config(kube: KubeClient, namespace: str, storage_dir: Path, **s
         **settings,
     }
     await kube.create(CONFIGS, body, namespace)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy; fail saying `what` did not happen."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
-        await asyncio.sleep(0.1)
-
-
-async def run_cli(command: Any, *args: str) -> Result:
-    """Run a CLI command in a thread (it runs its own event loop), as a user would."""
-    return await asyncio.to_thread(CliRunner().invoke, command, list(args))
 
 
 # -- backups as Ark 0.9 left them --------------------------------------------------------------------
@@ -205,11 +121,6 @@ async def gone(kube: KubeClient, res: Any, name: str, namespace: str) -> bool:
     except NotFound:
         return True
     return False
-
-
-async def events_for(kube: KubeClient, namespace: str, name: str, reason: str) -> list[Obj]:
-    events = await kube.list(EVENTS, namespace, field_selector=f"involvedObject.name={name}")
-    return [e for e in events if e.get("reason") == reason]
 
 
 def name(prefix: str) -> str:

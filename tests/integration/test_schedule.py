@@ -7,27 +7,19 @@ import datetime
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
-from prometheus_client import CollectorRegistry
 
 from arkd.api.meta import format_time
 from arkd.cli.schedule import schedule as schedule_cli
-from arkd.config import ServerSettings
-from arkd.controllers.config import ConfigHolder
 from arkd.controllers.resources import BACKUPS, CONFIGS, SCHEDULES
-from arkd.controllers.runtime import Informers, ServerContext
+from arkd.controllers.runtime import ServerContext
 from arkd.controllers.schedule import ScheduleController
 from arkd.kube.client import KubeClient
-from arkd.kube.clock import Clock, RealClock
-from arkd.kube.controller import ControllerMetrics
-from arkd.kube.events import EventRecorder
-from arkd.kube.resource import EVENTS
-from arkd.metrics import ServerMetrics
+from tests.support.server import ArkServer, Runnable, events_for, eventually, run_cli
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -36,54 +28,6 @@ UTC = datetime.UTC
 
 
 # -- a server with the controllers under test (wired as arkd.app wires them) ---------------------------
-class Runnable(Protocol):
-    async def run(self) -> None: ...
-
-
-class ArkServer:
-    def __init__(
-        self,
-        kube: KubeClient,
-        namespace: str,
-        make: Callable[[ServerContext], Sequence[Runnable]],
-        *,
-        clock: Clock | None = None,
-    ) -> None:
-        self.kube, self.namespace, self.make = kube, namespace, make
-        self.clock: Clock = clock or RealClock()
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> ArkServer:
-        self.informers = Informers(self.kube, RealClock())
-        self.recorder = EventRecorder(self.kube, "ark-server")
-        self.recorder.start()
-        self.config = ConfigHolder(self.informers.get(CONFIGS, self.namespace), self.namespace, self.recorder)
-        registry = CollectorRegistry()
-        self.ctx = ServerContext(
-            client=self.kube,
-            settings=ServerSettings(namespace=self.namespace, leader_elect=False),
-            informers=self.informers,
-            recorder=self.recorder,
-            registry=registry,
-            metrics=ServerMetrics.create(registry),
-            controller_metrics=ControllerMetrics(registry),
-            clock=self.clock,
-            config=self.config,
-        )
-        self.controllers = list(self.make(self.ctx))
-        self.informers.start()
-        await self.informers.wait_synced(timeout=30)
-        await asyncio.wait_for(self.config.wait_ready(), 30)
-        self.tasks = [asyncio.create_task(c.run()) for c in self.controllers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.informers.stop()
-        await self.recorder.close()
-        await self.config.close()
 
 
 async def create_config(kube: KubeClient, namespace: str, storage_dir: Path, **settings: Any) -> None:
@@ -96,28 +40,6 @@ async def create_config(kube: KubeClient, namespace: str, storage_dir: Path, **s
         **settings,
     }
     await kube.create(CONFIGS, body, namespace)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy; fail saying `what` did not happen."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
-        await asyncio.sleep(0.1)
-
-
-async def run_cli(command: Any, *args: str) -> Result:
-    """Run a CLI command in a thread (it runs its own event loop), as a user would."""
-    return await asyncio.to_thread(CliRunner().invoke, command, list(args))
-
-
-async def events_for(kube: KubeClient, namespace: str, name: str, reason: str) -> list[Obj]:
-    events = await kube.list(EVENTS, namespace, field_selector=f"involvedObject.name={name}")
-    return [e for e in events if e.get("reason") == reason]
 
 
 def name(prefix: str) -> str:

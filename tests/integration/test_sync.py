@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import gzip
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from arkd.api.meta import format_time
-from arkd.config import ServerSettings
-from arkd.controllers.config import ConfigHolder
 from arkd.controllers.deletion import DeletionController, new_delete_backup_request
 from arkd.controllers.resources import BACKUPS, CONFIGS, DELETEBACKUPREQUESTS
-from arkd.controllers.runtime import Informers, ServerContext
+from arkd.controllers.runtime import ServerContext
 from arkd.controllers.sync import BackupSyncController
 from arkd.kube.client import KubeClient
-from arkd.kube.clock import RealClock
-from arkd.kube.controller import ControllerMetrics
 from arkd.kube.errors import NotFound
-from arkd.kube.events import EventRecorder
-from arkd.kube.resource import EVENTS
-from arkd.metrics import ServerMetrics
 from arkd.storage import ObjectStore, make_store
 from tests.support.moto import MotoServer
+from tests.support.server import ArkServer, Runnable, events_for, eventually
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -39,67 +31,6 @@ _AMBIENT_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 
 
 # -- a server with the controllers under test (wired as arkd.app wires them) ---------------------------
-class Runnable(Protocol):
-    async def run(self) -> None: ...
-
-
-class ArkServer:
-    def __init__(self, kube: KubeClient, namespace: str, make: Callable[[ServerContext], Sequence[Runnable]]) -> None:
-        self.kube, self.namespace, self.make = kube, namespace, make
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> ArkServer:
-        self.informers = Informers(self.kube, RealClock())
-        self.recorder = EventRecorder(self.kube, "ark-server")
-        self.recorder.start()
-        self.config = ConfigHolder(self.informers.get(CONFIGS, self.namespace), self.namespace, self.recorder)
-        registry = CollectorRegistry()
-        self.ctx = ServerContext(
-            client=self.kube,
-            settings=ServerSettings(namespace=self.namespace, leader_elect=False),
-            informers=self.informers,
-            recorder=self.recorder,
-            registry=registry,
-            metrics=ServerMetrics.create(registry),
-            controller_metrics=ControllerMetrics(registry),
-            clock=RealClock(),
-            config=self.config,
-        )
-        self.controllers = list(self.make(self.ctx))
-        self.informers.start()
-        await self.informers.wait_synced(timeout=30)
-        await asyncio.wait_for(self.config.wait_ready(), 30)
-        self.tasks = [asyncio.create_task(c.run()) for c in self.controllers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.informers.stop()
-        await self.recorder.close()
-        await self.config.close()
-
-    def syncer(self) -> BackupSyncController:
-        [syncer] = [c for c in self.controllers if isinstance(c, BackupSyncController)]
-        return syncer
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy; fail saying `what` did not happen."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
-        await asyncio.sleep(0.1)
-
-
-async def events_for(kube: KubeClient, namespace: str, name: str, reason: str) -> list[Obj]:
-    events = await kube.list(EVENTS, namespace, field_selector=f"involvedObject.name={name}")
-    return [e for e in events if e.get("reason") == reason]
 
 
 def name(prefix: str) -> str:
@@ -330,7 +261,7 @@ async def test_a_deleted_backup_is_not_brought_back(kube: KubeClient, namespace:
         assert await bucket.store.list_keys(f"{doomed}/") == []
         config = server.config.current
         assert config is not None
-        assert await server.syncer().sync(config) == 0
+        assert await server.controller(BackupSyncController).sync(config) == 0
         assert await get_or_none(kube, namespace, doomed) is None
 
     # A backup whose deletion has been requested but not yet processed is not synced either.
@@ -339,7 +270,7 @@ async def test_a_deleted_backup_is_not_brought_back(kube: KubeClient, namespace:
     async with ArkServer(kube, namespace, sync_only) as server:
         config = server.config.current
         assert config is not None
-        assert await server.syncer().sync(config) == 0
+        assert await server.controller(BackupSyncController).sync(config) == 0
         assert await get_or_none(kube, namespace, pending) is None
 
 
@@ -362,7 +293,7 @@ async def test_a_backup_whose_files_vanished_is_reported_once(kube: KubeClient, 
         [event] = await eventually(lambda: events_for(kube, namespace, lost, "BackupFilesMissing"), "a Warning")
         config = server.config.current
         assert config is not None
-        await server.syncer().sync(config)
+        await server.controller(BackupSyncController).sync(config)
         await server.recorder.flush()
     assert event["type"] == "Warning"
     assert f"backup {lost} is Completed but object storage has no files for it" in event["message"]
