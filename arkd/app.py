@@ -138,7 +138,6 @@ async def run_server(settings: ServerSettings, stop: asyncio.Event | None = None
         try:
             await informers.wait_synced()
             state["synced"] = True
-            ctx.ready.set()
             log.info("caches synced; controllers starting", extra={"namespace": settings.namespace})
             async with asyncio.TaskGroup() as tg:
                 for c in controllers:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -85,7 +85,6 @@ class ServerContext:
     controller_metrics: ControllerMetrics
     clock: Clock
     config: ConfigHolder
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def namespace(self) -> str:
