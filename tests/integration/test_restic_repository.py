@@ -13,6 +13,7 @@ import base64
 import contextlib
 import datetime
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -497,8 +498,10 @@ async def leave_stale_lock(user: Restic, data: Path, repo_dir: Path) -> str:
     locks_dir = repo_dir / "locks"
 
     async def lock_file() -> str | None:
+        # The local backend writes "<id>-tmp-<n>" first and renames it: only a finished lock counts.
         names = [p.name for p in locks_dir.iterdir()] if locks_dir.is_dir() else []
-        return names[0] if names else None
+        done = [n for n in names if re.fullmatch(r"[0-9a-f]{64}", n)]
+        return done[0] if done else None
 
     try:
         lock = await eventually(lock_file, "restic backup to take a lock", timeout=30)
