@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from arkd.api.constants import (
 )
 from arkd.api.duration import format_duration, parse_duration
 from arkd.api.meta import format_time
-from arkd.backup.collector import BackupCollector
+from arkd.backup.collector import BackupCollector, KubeLister
 from arkd.backup.filters import (
     FilterValidationError,
     IncludesExcludes,
@@ -44,7 +44,7 @@ from arkd.controllers.runlog import RunLog
 from arkd.controllers.runtime import ServerContext
 from arkd.kube.cache import at_least_version
 from arkd.kube.client import KubeClient
-from arkd.kube.errors import ApiError, Conflict, Gone, NotFound
+from arkd.kube.errors import ApiError, Conflict, NotFound
 from arkd.kube.informer import Informer
 from arkd.kube.patch import status_merge_patch
 from arkd.kube.resource import Resource
@@ -71,7 +71,6 @@ MAX_WARNING_EVENTS = 10
 MAX_STATUS_MESSAGES = 20
 _FINAL_PATCH_ATTEMPTS = 5
 _CACHE_CATCH_UP_SECONDS = 10.0
-_PAGE_SIZE = 500
 
 
 # --------------------------------------------------------------------------- what to back up
@@ -128,35 +127,6 @@ def plan_backup(obj: Obj, resources: Sequence[Resource]) -> BackupPlan:
         include_cluster_resources=spec.include_cluster_resources,
         ttl=spec.ttl_timedelta or datetime.timedelta(0),
     )
-
-
-class ApiLister:
-    """Paginated lists for the collector, one page in memory at a time."""
-
-    def __init__(self, client: KubeClient, page_size: int = _PAGE_SIZE) -> None:
-        self.client = client
-        self.page_size = page_size
-
-    async def list_pages(
-        self, resource: Any, namespace: str | None, label_selector: str | None
-    ) -> AsyncIterator[list[Obj]]:
-        res: Resource = resource
-        token: str | None = None
-        while True:
-            try:
-                page = await self.client.list_page(
-                    res, namespace, label_selector=label_selector, limit=self.page_size, continue_=token
-                )
-            except Gone:
-                if token is None:
-                    raise
-                # The continue token expired; a full list repeats some items, the collector drops them.
-                page = await self.client.list_page(res, namespace, label_selector=label_selector, limit=None)
-                token = None
-            yield list(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue") or None
-            if not token:
-                return
 
 
 # --------------------------------------------------------------------------- the run
@@ -304,7 +274,7 @@ class BackupRun:
         pvbs: list[Obj] = []
         try:
             collector = BackupCollector(
-                ApiLister(ctx.client),
+                KubeLister(ctx.client),
                 resources,
                 namespaces=plan.namespaces,
                 resource_filter=plan.resources,

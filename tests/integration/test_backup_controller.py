@@ -473,3 +473,35 @@ async def test_backup_to_s3_keeps_restic_keys_out(
             assert orjson.loads(metadata_text)["metadata"]["labels"] == {"ark-schedule": "daily"}
         finally:
             await store.close()
+
+
+async def test_a_namespace_bigger_than_a_list_page_is_backed_up_whole_and_once(
+    envtest: Envtest, namespace: str, kube: KubeClient
+) -> None:
+    # 1,100 ConfigMaps are three list pages of 500; half of them carry the label selected below.
+    root = local_root()
+    await kube.create(CONFIGS, local_config(namespace, root), namespace)
+    async with app_namespace(kube) as app, ark_server(envtest, namespace):
+        gate = asyncio.Semaphore(32)
+
+        async def make(i: int) -> None:
+            labels = {"tier": "even" if i % 2 == 0 else "odd"}
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"i": str(i)},
+                    "metadata": {"name": f"cm-{i:04d}", "labels": labels}}
+            async with gate:
+                await kube.create(CONFIGMAPS, body, app)
+
+        await asyncio.gather(*(make(i) for i in range(1100)))
+        await kube.create(BACKUPS, backup_object(namespace, "whole", includedNamespaces=[app]))
+        await kube.create(BACKUPS, backup_object(
+            namespace, "evens", includedNamespaces=[app], labelSelector={"matchLabels": {"tier": "even"}}
+        ))
+        store = local_store(root)
+        for name, wanted in (("whole", range(1100)), ("evens", range(0, 1100, 2))):
+            done = await wait_phase(kube, namespace, name, {"Completed", "PartiallyFailed", "Failed"})
+            assert done["status"]["phase"] == "Completed", done["status"]
+            with tarfile.open(fileobj=io.BytesIO(await store.get(f"{name}/{name}.tar.gz")), mode="r:gz") as tar:
+                paths = [m.name for m in tar.getmembers() if "/configmaps/" in m.name]
+            assert len(paths) == len(set(paths)), f"backup {name} holds some ConfigMaps twice"
+            assert sorted(paths) == [f"resources/configmaps/namespaces/{app}/cm-{i:04d}.json" for i in wanted]
+        await store.close()

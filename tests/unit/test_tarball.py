@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from arkd.backup.tarball import TarballError, TarballWriter, gzip_bytes, gzip_json, item_path
+from arkd.backup.tarball import TarballError, TarballWriter, entry_header, gzip_bytes, gzip_json, item_path
 from arkd.restore.tarball import (
     BackupTarballError,
     CorruptTarballError,
@@ -138,6 +138,35 @@ async def test_long_names_round_trip() -> None:
     with extract_tarball(data) as contents:
         assert contents.names("configmaps", "ns-" + "x" * 60) == [name]
         assert contents.load("configmaps", "ns-" + "x" * 60, name) == {"data": {"k": "v"}}
+
+
+def tarfile_header(path: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(path)
+    info.size, info.mode, info.type, info.mtime = size, 0o755, tarfile.REGTYPE, mtime
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "resources/configmaps/namespaces/app/settings.json",
+        "resources/" + "p" * 90,  # exactly 100 bytes: the longest plain ustar name
+        "resources/" + "p" * 91,  # 101 bytes: needs the PAX extended header
+        "resources/configmaps/namespaces/app/caf\u00e9.json",  # not ASCII: PAX too
+    ],
+)
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 8**11 - 1, 8**11])
+def test_item_headers_are_what_tarfile_writes(path: str, size: int) -> None:
+    mtime = int(FIXED_NOW)
+    ours, theirs = entry_header(path, size, mtime), tarfile_header(path, size, mtime)
+    # Older tarfile releases wrote "0000000" device numbers for regular files; both mean "none".
+    dev = slice(len(ours) - 512 + 329, len(ours) - 512 + 345)
+    assert ours[: dev.start] + ours[dev.stop :] == theirs[: dev.start] + theirs[dev.stop :]
+    parsed = tarfile.TarFile(fileobj=io.BytesIO(ours + b"\0" * (-size % 512 + 1024)), mode="r").next()
+    assert parsed is not None
+    assert (parsed.name, parsed.size, parsed.mtime, parsed.mode, parsed.type) == (
+        path, size, mtime, 0o755, tarfile.REGTYPE,
+    )
 
 
 async def test_writer_streams_in_bounded_chunks_and_never_buffers_the_backup() -> None:
