@@ -541,7 +541,7 @@ class RestoreRun:
             return
         else:
             self.restored += 1
-            self.log.info("restored", item=what)
+            self.log.detail("restored", item=what)
         if volumes and created is not None:
             identifier = scope.config.restic_identifier(source_ns or "")
             await self._start_pod_volumes(created, identifier, volumes, target_ns or "")

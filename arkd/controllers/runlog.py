@@ -58,9 +58,15 @@ class RunLog(logging.Handler):
         parts.extend(f"{k}={quote(v)}" for k, v in fields.items() if k not in (self.subject, self._uid_field))
         self.lines.append(" ".join(parts))
 
-    def _own(self, level: int, msg: str, fields: dict[str, Any]) -> None:
+    def _own(self, level: int, msg: str, fields: dict[str, Any], process_level: int | None = None) -> None:
         self._append(logging.getLevelName(level).lower(), msg, fields, self._wall())
-        self._logger.log(level, msg, extra={**fields, _OWN: self})
+        process_level = level if process_level is None else process_level
+        if self._logger.isEnabledFor(process_level):
+            self._logger.log(process_level, msg, extra={**fields, _OWN: self})
+
+    def detail(self, msg: str, **fields: Any) -> None:
+        """A per-item line: info in the run's own log, debug in the server's (thousands per run)."""
+        self._own(logging.INFO, msg, fields, logging.DEBUG)
 
     def info(self, msg: str, **fields: Any) -> None:
         self._own(logging.INFO, msg, fields)

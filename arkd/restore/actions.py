@@ -116,6 +116,17 @@ def target_namespace(source_namespace: str | None, mapping: Mapping[str, str] | 
 # --------------------------------------------------------------------------- generic
 
 
+def _copy(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON object. Through orjson it is ~10x faster than copy.deepcopy, which
+    matters when a restore prepares thousands of items."""
+    try:
+        copied = orjson.loads(orjson.dumps(obj if isinstance(obj, dict) else dict(obj)))
+    except TypeError:  # not plain JSON (a Mapping inside, say)
+        return copy.deepcopy(dict(obj))
+    assert isinstance(copied, dict)
+    return copied
+
+
 def _reset_in_place(obj: dict[str, Any]) -> dict[str, Any]:
     meta = _map(obj, "metadata") or {}
     obj["metadata"] = {k: v for k, v in meta.items() if k in ("name", "namespace", "labels", "annotations")}
@@ -131,11 +142,11 @@ def _label_in_place(obj: dict[str, Any], restore_name: str) -> dict[str, Any]:
 
 def reset_metadata_and_status(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Keep only metadata name, namespace, labels and annotations; never restore status."""
-    return _reset_in_place(copy.deepcopy(dict(obj)))
+    return _reset_in_place(_copy(obj))
 
 
 def add_restore_label(obj: Mapping[str, Any], restore_name: str) -> dict[str, Any]:
-    return _label_in_place(copy.deepcopy(dict(obj)), restore_name)
+    return _label_in_place(_copy(obj), restore_name)
 
 
 # --------------------------------------------------------------------------- pods
@@ -159,7 +170,7 @@ def _drop_named(items: list[Any], prefix: str) -> list[Any]:
 
 def pod_action(pod: Mapping[str, Any]) -> dict[str, Any]:
     """Unschedule the pod and drop the service-account token volume of the old cluster."""
-    out = copy.deepcopy(dict(pod))
+    out = _copy(pod)
     spec = _map(out, "spec")
     if spec is None:
         return out
@@ -242,7 +253,7 @@ def add_restic_wait_init_container(
     wanted = sorted(set(volumes))
     if not wanted:
         raise ValueError("restic-wait needs at least one volume to wait for")
-    out = copy.deepcopy(dict(pod))
+    out = _copy(pod)
     spec = out.setdefault("spec", {})
     known = {v.get("name") for v in _list(spec, "volumes") if isinstance(v, Mapping)}
     missing = [v for v in wanted if v not in known]
@@ -290,7 +301,7 @@ def _preserved_node_ports(svc: Mapping[str, Any]) -> tuple[set[str], bool]:
 
 def service_action(svc: Mapping[str, Any]) -> dict[str, Any]:
     """Let the cluster allocate cluster IPs and node ports again, except what the user pinned."""
-    out = copy.deepcopy(dict(svc))
+    out = _copy(svc)
     spec = _map(out, "spec")
     if spec is None:
         return out
@@ -311,7 +322,7 @@ def service_action(svc: Mapping[str, Any]) -> dict[str, Any]:
 
 def service_account_action(sa: Mapping[str, Any]) -> dict[str, Any]:
     """Drop references to the old cluster's auto-generated token secrets."""
-    out = copy.deepcopy(dict(sa))
+    out = _copy(sa)
     name = _metadata(out).get("name")
     if isinstance(name, str) and "secrets" in out:
         out["secrets"] = _drop_named(_list(out, "secrets"), f"{name}-token-")
@@ -321,7 +332,7 @@ def service_account_action(sa: Mapping[str, Any]) -> dict[str, Any]:
 def merge_service_accounts(from_cluster: Mapping[str, Any], from_backup: Mapping[str, Any]) -> dict[str, Any]:
     """What an existing ServiceAccount should become (Ark's merge): secrets and imagePullSecrets
     from the backup are added by name; backup labels/annotations fill in missing keys only."""
-    desired = copy.deepcopy(dict(from_cluster))
+    desired = _copy(from_cluster)
     backup = service_account_action(from_backup)
     for key in ("secrets", "imagePullSecrets"):
         current = _list(desired, key)
@@ -343,7 +354,7 @@ def merge_service_accounts(from_cluster: Mapping[str, Any], from_backup: Mapping
 
 def job_action(job: Mapping[str, Any]) -> dict[str, Any]:
     """Drop the old job's controller-uid so the apiserver generates a selector for the new UID."""
-    out = copy.deepcopy(dict(job))
+    out = _copy(job)
     spec = _map(out, "spec") or {}
     selector = _map(spec, "selector") or {}
     match_labels = _map(selector, "matchLabels")
@@ -384,7 +395,7 @@ def pv_decision(
 
 def pv_action(pv: Mapping[str, Any]) -> dict[str, Any]:
     """Unbind the PV from the old claim's UID; the restored PVC re-binds it by spec.volumeName."""
-    out = copy.deepcopy(dict(pv))
+    out = _copy(pv)
     spec = _map(out, "spec")
     if spec is not None:
         spec.pop("claimRef", None)
@@ -393,7 +404,7 @@ def pv_action(pv: Mapping[str, Any]) -> dict[str, Any]:
 
 def pvc_action(pvc: Mapping[str, Any], pvs_to_provision: Collection[str]) -> dict[str, Any]:
     """Reset a claim whose PV is re-provisioned so the cluster binds it to a fresh volume."""
-    out = copy.deepcopy(dict(pvc))
+    out = _copy(pvc)
     spec = _map(out, "spec")
     if spec is None or spec.get("volumeName") not in pvs_to_provision:
         return out
@@ -419,10 +430,10 @@ def namespace_for_restore(
     for key in ("labels", "annotations"):
         value = meta.get(key)
         if isinstance(value, Mapping) and value:
-            out["metadata"][key] = copy.deepcopy(dict(value))
+            out["metadata"][key] = _copy(value)
     spec = (backed_up or {}).get("spec")
     if isinstance(spec, Mapping) and spec:
-        out["spec"] = copy.deepcopy(dict(spec))
+        out["spec"] = _copy(spec)
     return _label_in_place(out, restore_name)
 
 
@@ -456,7 +467,7 @@ def prepare_item(
     elif group_resource == PVCS:
         out = pvc_action(obj, pvs_to_provision)
     else:
-        out = copy.deepcopy(dict(obj))
+        out = _copy(obj)
     _reset_in_place(out)
     if namespace:
         out["metadata"]["namespace"] = namespace
