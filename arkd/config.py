@@ -63,3 +63,4 @@ class NodeAgentSettings(CommonSettings):
     metrics_address: str = ":8086"
     scratch_dir: str | None = Field(default_factory=lambda: os.environ.get("ARK_SCRATCH_DIR"))
     progress_interval: float = 5.0
+    lock_wait: float = 300.0

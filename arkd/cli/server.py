@@ -96,6 +96,13 @@ def server(
     help="restic runs at once on this node.",
 )
 @click.option(
+    "--lock-wait",
+    default="5m",
+    show_default=True,
+    help="How long a pod volume backup or restore waits for a repository that an exclusive operation "
+    "(prune, forget, key rotation) has locked, before it fails (Go duration; 0s: do not wait).",
+)
+@click.option(
     "--metrics-address", default=":8086", show_default=True, help="Address of /metrics, /healthz, /readyz."
 )
 @click.option("--node-name", envvar="NODE_NAME", default="", help="This node's name (env NODE_NAME).")
@@ -103,6 +110,7 @@ def server(
 def restic_server(
     host_pods_dir: str,
     max_concurrent: int,
+    lock_wait: str,
     metrics_address: str,
     node_name: str,
     log_level: str,
@@ -110,11 +118,18 @@ def restic_server(
 ) -> None:
     """Run the node agent: PodVolumeBackup and PodVolumeRestore controllers of this node."""
     from arkd import log
+    from arkd.api.duration import DurationError, parse_duration
     from arkd.app import run_node_agent
     from arkd.config import NodeAgentSettings
 
     if not node_name:
         raise CliError("no node name: set NODE_NAME (downward API spec.nodeName) or pass --node-name")
+    try:
+        lock_wait_seconds = parse_duration(lock_wait).total_seconds()
+    except DurationError as exc:
+        raise CliError(f"--lock-wait: {exc}") from exc
+    if lock_wait_seconds < 0:
+        raise CliError(f"--lock-wait: {lock_wait} is negative; give 0s not to wait, or a duration such as 5m")
     ctx = cli_context()
     settings = NodeAgentSettings(
         kubeconfig=ctx.kubeconfig,
@@ -125,6 +140,7 @@ def restic_server(
         node_name=node_name,
         host_pods_dir=host_pods_dir,
         max_concurrent=max_concurrent,
+        lock_wait=lock_wait_seconds,
     )
     log.setup(log_level, log_format)
     asyncio.run(run_node_agent(settings))

@@ -83,6 +83,7 @@ class NodeAgent:
             metrics=self.metrics,
             semaphore=asyncio.Semaphore(settings.max_concurrent),
             progress_interval=settings.progress_interval,
+            lock_wait=settings.lock_wait,
             controller_metrics=controller_metrics or ControllerMetrics(registry),
         )
         self.backups = PodVolumeBackupController(ctx, self.pvbs)

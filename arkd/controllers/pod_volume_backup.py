@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,6 +37,7 @@ from arkd.api.constants import (
     PVC_UID_LABEL,
     PodVolumeBackupPhase,
 )
+from arkd.api.duration import format_duration
 from arkd.api.meta import format_time
 from arkd.api.podvolume import PodVolumeBackup
 from arkd.controllers.resources import PODVOLUMEBACKUPS
@@ -58,7 +59,7 @@ from arkd.podvolume.keys import RepositoryKeys, ResticKeyError
 from arkd.podvolume.selection import restic_tags
 from arkd.podvolume.tracker import TERMINAL_PHASES, phase_of
 from arkd.restic.errors import Reason, ResticError
-from arkd.restic.messages import Progress
+from arkd.restic.messages import BackupSummary, Progress
 from arkd.restic.repository import Repository
 from arkd.restic.runner import ResticRunner
 
@@ -71,6 +72,10 @@ ProgressCallback = Callable[[Progress], None]
 # notion of "the same source" (Ark GA's `--hostname=ark`).
 RESTIC_HOST = "ark"
 IN_PROGRESS = "InProgress"
+# Waiting for a locked repository: first retry after 2 s, doubling up to 30 s between tries.
+_LOCK_RETRY_FIRST = 2.0
+_LOCK_RETRY_MAX = 30.0
+T = TypeVar("T")
 COMPLETED = "Completed"
 FAILED = "Failed"
 # arkd: on PodVolumeBackups of non-PVC volumes, "<kind>/<name>" of the pod's controller (or
@@ -145,6 +150,7 @@ class NodeContext:
     progress_interval: float = 5.0
     controller_metrics: ControllerMetrics | None = None
     workers: int = 2
+    lock_wait: float = 300.0  # seconds a run waits for a repository an exclusive operation locked
 
 
 @dataclass
@@ -367,6 +373,8 @@ class PodVolumeOperationController:
     async def _perform_safely(self, obj: Obj, resumed: bool, progress: ProgressCallback) -> Outcome:
         try:
             return await self.perform(obj, resumed, progress)
+        except Abandoned:
+            raise
         except OperationFailed as exc:
             return self.failure(str(exc))
         except ResticError as exc:
@@ -533,11 +541,62 @@ class PodVolumeOperationController:
         except VolumePathError as exc:
             raise OperationFailed(str(exc)) from None
 
-    async def repository_key(self, volume_namespace: str) -> bytes:
+    async def repository_key(self, volume_namespace: str, *, fresh: bool = False) -> bytes:
         try:
-            return await self.ctx.keys.get(volume_namespace)
+            return await self.ctx.keys.get(volume_namespace, fresh=fresh)
         except ResticKeyError as exc:
             raise OperationFailed(str(exc)) from None
+
+    async def with_repository(
+        self, obj: Obj, identifier: str, volume_namespace: str, action: Callable[[Repository], Awaitable[T]]
+    ) -> T:
+        """Run `action` on the repository of `volume_namespace`, riding out two passing conditions:
+
+        * the repository is locked by an exclusive operation (the weekly prune, a forget, a key
+          rotation): wait and retry, with the reason in `status.message`, for up to `lock_wait`;
+        * the key was refused right after a rotation, when the Secret cache still held the old key:
+          read the key from the API server and retry once if it changed.
+        """
+        key = await self.repository_key(volume_namespace)
+        deadline = self.ctx.clock.now() + self.ctx.lock_wait
+        delay = _LOCK_RETRY_FIRST
+        key_refreshed = waited = False
+        while True:
+            try:
+                return await action(Repository(identifier, key, self.ctx.runner))
+            except ResticError as exc:
+                if exc.reason is Reason.WRONG_PASSWORD and not key_refreshed:
+                    key_refreshed = True
+                    fresh = await self.repository_key(volume_namespace, fresh=True)
+                    if fresh != key:
+                        log.info("the cached restic key was out of date; retrying with the current one")
+                        key = fresh
+                        continue
+                if exc.reason is not Reason.LOCKED or self.ctx.clock.now() + delay > deadline:
+                    if exc.reason is Reason.LOCKED and waited:
+                        waited_for = format_duration(datetime.timedelta(seconds=self.ctx.lock_wait))
+                        raise OperationFailed(
+                            f"the restic repository {identifier} stayed locked by another operation for "
+                            f"{waited_for} (ark restic server --lock-wait): {exc.message}"
+                        ) from None
+                    raise
+                locked_by = exc.message
+            waited = True
+            log.info("restic repository locked; waiting", extra={"retry_in": delay, "error": locked_by})
+            await self._note(obj, f"waiting for the restic repository, locked by another operation: {locked_by}")
+            await self.ctx.clock.sleep(delay)
+            delay = min(delay * 2, _LOCK_RETRY_MAX)
+            await self._note(obj, None)
+
+    async def _note(self, obj: Obj, message: str | None) -> None:
+        """Best-effort `status.message` while the object is InProgress."""
+        meta = _meta(obj)
+        try:
+            await self._write_guarded(f"{meta.get('namespace')}/{meta.get('name')}", uid_of(obj), {"message": message})
+        except Abandoned:
+            raise
+        except Exception as exc:
+            log.warning("could not write the status message", extra={"error": str(exc)})
 
 
 def _label(obj: Obj, key: str) -> str:
@@ -645,7 +704,6 @@ class PodVolumeBackupController(PodVolumeOperationController):
             raise OperationFailed("spec.repoIdentifier is empty: the restic repository is unknown")
         pod = await self.live_pod(ref.namespace, ref.name, ref.uid)
         path = await self.volume_path(pod, ref.uid, spec.volume)
-        key = await self.repository_key(ref.namespace)
         tags = {
             **restic_tags(
                 backup_name=_label(obj, BACKUP_NAME_LABEL),
@@ -658,19 +716,22 @@ class PodVolumeBackupController(PodVolumeOperationController):
             **(spec.tags or {}),
         }
         parent = self.parent_snapshot(obj, pod)
-        repo = Repository(spec.repo_identifier, key, self.ctx.runner)
         log.info(
             "running restic backup",
             extra={"path": str(path), "parent": parent or "", "repository": spec.repo_identifier},
         )
-        try:
-            summary = await repo.backup(path, tags=tags, host=RESTIC_HOST, parent=parent, progress=progress)
-        except ResticError as exc:
-            if parent is None or exc.reason is not Reason.ID_NOT_FOUND:
-                raise
-            # The parent was forgotten (its backup deleted); a backup without one is still correct.
-            log.info("parent snapshot not found, backing up without it", extra={"parent": parent})
-            summary = await repo.backup(path, tags=tags, host=RESTIC_HOST, parent=None, progress=progress)
+
+        async def backup(repo: Repository) -> BackupSummary:
+            try:
+                return await repo.backup(path, tags=tags, host=RESTIC_HOST, parent=parent, progress=progress)
+            except ResticError as exc:
+                if parent is None or exc.reason is not Reason.ID_NOT_FOUND:
+                    raise
+                # The parent was forgotten (its backup deleted); a backup without one is still correct.
+                log.info("parent snapshot not found, backing up without it", extra={"parent": parent})
+                return await repo.backup(path, tags=tags, host=RESTIC_HOST, parent=None, progress=progress)
+
+        summary = await self.with_repository(obj, spec.repo_identifier, ref.namespace, backup)
         status: Obj = {
             "phase": PodVolumeBackupPhase.COMPLETED.value,
             "path": str(path),

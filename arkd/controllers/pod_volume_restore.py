@@ -39,7 +39,6 @@ from arkd.controllers.resources import PODVOLUMERESTORES
 from arkd.kube.informer import Informer
 from arkd.podvolume.hostpath import VolumePathError, find_volume_path, volume_directory_name
 from arkd.podvolume.tracker import phase_of
-from arkd.restic.repository import Repository
 
 log = logging.getLogger("arkd.controllers.pod_volume_restore")
 
@@ -203,17 +202,17 @@ class PodVolumeRestoreController(PodVolumeOperationController):
         if resumed and await asyncio.to_thread((path / DONE_DIR / owner_uid).is_file):
             # An earlier run restored everything and released restic-wait; only the status is missing.
             return self._completed(0, "restore had finished before the node agent restarted")
-        key = await self.repository_key(namespace)
-        repo = Repository(spec.repo_identifier, key, self.ctx.runner)
         log.info(
             "running restic restore",
             extra={"path": str(path), "snapshot": spec.snapshot_id, "repository": spec.repo_identifier},
         )
-        summary = await repo.restore(
-            spec.snapshot_id,
-            path,
-            progress=progress,
-            total_bytes=self._backed_up_bytes(spec.snapshot_id, spec.repo_identifier),
+        snapshot_id = spec.snapshot_id
+        total_bytes = self._backed_up_bytes(snapshot_id, spec.repo_identifier)
+        summary = await self.with_repository(
+            obj,
+            spec.repo_identifier,
+            namespace,
+            lambda repo: repo.restore(snapshot_id, path, progress=progress, total_bytes=total_bytes),
         )
         try:
             await asyncio.to_thread(write_done_file, path, owner_uid)

@@ -97,9 +97,9 @@ class RepositoryKeys:
         self.cache = cache
         self.key_size = key_size
 
-    async def _lookup(self, volume_namespace: str) -> Obj | None:
+    async def _lookup(self, volume_namespace: str, *, fresh: bool = False) -> Obj | None:
         name = restic_key_secret_name(volume_namespace)
-        if self.cache is not None:
+        if self.cache is not None and not fresh:
             cached = self.cache.get(f"{self.ark_namespace}/{name}")
             if cached is not None:
                 return cached
@@ -108,9 +108,10 @@ class RepositoryKeys:
         except NotFound:
             return None
 
-    async def get(self, volume_namespace: str) -> bytes:
-        """The key of `volume_namespace`; ResticKeyError if there is none."""
-        secret = await self._lookup(volume_namespace)
+    async def get(self, volume_namespace: str, *, fresh: bool = False) -> bytes:
+        """The key of `volume_namespace`; ResticKeyError if there is none. `fresh` reads it from the
+        API server, past the cache (which can still hold the old key right after a rotation)."""
+        secret = await self._lookup(volume_namespace, fresh=fresh)
         if secret is None:
             name = restic_key_secret_name(volume_namespace)
             raise ResticKeyError(

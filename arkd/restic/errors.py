@@ -81,9 +81,19 @@ def classify(exit_code: int | None, stderr: str) -> Reason:
     return Reason.UNKNOWN
 
 
-def _last_lines(text: str, count: int) -> str:
+def _detail(text: str, reason: Reason, count: int) -> str:
+    """The last `count` lines of stderr, led by the line that gave the reason if it is older.
+
+    restic explains a failure first and adds hints after it: "repository is already locked
+    exclusively by PID 812 on node-3" is followed by three lines about the lock's age and `unlock`.
+    """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(lines[-count:])
+    shown = lines[-count:]
+    pattern = next((p for r, p in _TEXT_RULES if r is reason), None)
+    cause = next((line for line in lines if pattern.search(line)), None) if pattern is not None else None
+    if cause is not None and cause not in shown:
+        shown = [cause, *shown]
+    return " | ".join(shown)
 
 
 class ResticError(Exception):
@@ -108,7 +118,7 @@ class ResticError(Exception):
         self.command = command
         self.reason = reason if reason is not None else classify(exit_code, self.stderr_tail)
         if message is None:
-            detail = _last_lines(self.stderr_tail, 3) or "no error output"
+            detail = _detail(self.stderr_tail, self.reason, 3) or "no error output"
             message = f"{command} exited with code {exit_code}: {detail}"
         self.message = message
         super().__init__(message)

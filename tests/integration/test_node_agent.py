@@ -40,7 +40,7 @@ from arkd.kube.errors import Conflict
 from arkd.kube.events import EventRecorder
 from arkd.kube.informer import Informer
 from arkd.kube.resource import EVENTS, NAMESPACES, PODS, PVCS, SECRETS
-from arkd.podvolume.keys import RepositoryKeys, ResticKeyError, key_secret
+from arkd.podvolume.keys import RepositoryKeys, ResticKeyError, SecretCache, key_secret
 from arkd.podvolume.selection import pod_volume_backup_name, restic_tags
 from arkd.podvolume.tracker import PodVolumeTracker, stall_message
 from arkd.restic.messages import Snapshot
@@ -84,7 +84,13 @@ async def env(kube: KubeClient, namespace: str, tmp_path: Path) -> Env:
 
 @contextlib.asynccontextmanager
 async def agent(
-    env: Env, *, max_concurrent: int = 2, node: str | None = None, host: Path | None = None
+    env: Env,
+    *,
+    max_concurrent: int = 2,
+    node: str | None = None,
+    host: Path | None = None,
+    lock_wait: float = 300.0,
+    key_cache: SecretCache | None = None,
 ) -> AsyncIterator[EventRecorder]:
     settings = NodeAgentSettings(
         namespace=env.ns,
@@ -93,9 +99,12 @@ async def agent(
         max_concurrent=max_concurrent,
         scratch_dir=str(env.scratch),
         progress_interval=0.2,
+        lock_wait=lock_wait,
     )
     recorder = EventRecorder(env.kube, "ark-restic")
     node_agent = NodeAgent(env.kube, settings, CollectorRegistry(), recorder, RealClock())
+    if key_cache is not None:
+        node_agent.backups.ctx.keys.cache = key_cache
     task = asyncio.create_task(node_agent.run())
     try:
         yield recorder
@@ -797,3 +806,111 @@ async def test_snapshot_missing_from_the_repository_fails_the_restore_naming_it(
     message = done["status"]["message"]
     assert "snapshot deadbeef not found in restic repository" in message and env.repo_id in message, message
     assert not (vol / ".ark").exists()  # restic-wait keeps the pod waiting; nothing claims the data is there
+
+
+@contextlib.asynccontextmanager
+async def exclusive_lock(env: Env, tmp_path: Path) -> AsyncIterator[None]:
+    """Hold the repository's exclusive lock the way a real restic operation does.
+
+    `restic key passwd` takes the exclusive lock, then reads the new password from a FIFO and
+    blocks there until the test writes to it; writing the same password back ends it cleanly.
+    """
+    work = tmp_path / "lock-holder"
+    work.mkdir()
+    password, fifo = work / "password", work / "new-password"
+    password.write_bytes(env.key)
+    os.mkfifo(fifo)
+    proc = await asyncio.create_subprocess_exec(
+        "restic", "-r", env.repo_id, "--password-file", str(password), "--no-cache",
+        "key", "passwd", "--new-password-file", str(fifo),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    locks = Path(env.repo_id) / "locks"
+    try:
+        for _ in range(300):
+            if locks.is_dir() and any(len(p.name) == 64 for p in locks.iterdir()):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("restic key passwd never took the lock")
+        yield
+    finally:
+        await asyncio.to_thread(fifo.write_bytes, env.key)
+        _, stderr = await proc.communicate()
+        assert proc.returncode == 0, stderr.decode()
+
+
+async def wait_message(env: Env, name: str, prefix: str) -> Obj:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:
+        obj = await env.kube.get(PODVOLUMEBACKUPS, name, env.ns)
+        if str((obj.get("status") or {}).get("message") or "").startswith(prefix):
+            return obj
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name} never said {prefix!r}; last status {obj.get('status')}")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_backup_waits_while_an_exclusive_operation_holds_the_repository(env: Env, tmp_path: Path) -> None:
+    pod = await create_pod(env, "web", [{"name": "data", "emptyDir": {}}])
+    vol = kubelet_dir(env, pod, EMPTY_DIR, "data")
+    fill(vol, seed=11)
+    async with agent(env):
+        async with exclusive_lock(env, tmp_path):
+            name = await create_pvb(env, pod, "data")
+            waiting = await wait_message(env, name, "waiting for the restic repository, locked by another operation")
+            assert waiting["status"]["phase"] == "InProgress"
+            assert "repository is already locked exclusively" in waiting["status"]["message"]
+        done = await wait_phase(env, PODVOLUMEBACKUPS, name, "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    assert "message" not in done["status"]
+    target = tmp_path / "restored"
+    target.mkdir()
+    await env.repo.restore(done["status"]["snapshotID"], target)
+    assert tree(target) == tree(vol)
+
+
+async def test_a_lock_held_longer_than_lock_wait_fails_the_backup_saying_so(env: Env, tmp_path: Path) -> None:
+    pod = await create_pod(env, "web", [{"name": "data", "emptyDir": {}}])
+    fill(kubelet_dir(env, pod, EMPTY_DIR, "data"), seed=12)
+    async with exclusive_lock(env, tmp_path), agent(env, lock_wait=3):
+        name = await create_pvb(env, pod, "data")
+        failed = await wait_phase(env, PODVOLUMEBACKUPS, name, "Completed", "Failed")
+    assert failed["status"]["phase"] == "Failed"
+    assert failed["status"]["message"].startswith(
+        f"the restic repository {env.repo_id} stayed locked by another operation for 3s "
+        "(ark restic server --lock-wait): "
+    ), failed["status"]["message"]
+    assert await env.repo.snapshots() == []
+
+
+class FrozenSecrets:
+    """A key Secret cache that missed the last update, as an informer can for a moment."""
+
+    def __init__(self, secrets: dict[str, Obj]) -> None:
+        self.secrets = secrets
+
+    def get(self, key: str) -> Obj | None:
+        return self.secrets.get(key)
+
+
+async def test_a_key_rotated_behind_the_cache_is_read_again_and_the_backup_completes(
+    env: Env, tmp_path: Path
+) -> None:
+    secret_name = f"ark-restic-credentials-{env.ns}"
+    stale = await env.kube.get(SECRETS, secret_name, env.ns)
+    # Rotate as `ark restic rotate-key` does: add the new key, switch the Secret, remove the old key.
+    new_key = secrets.token_bytes(1024)
+    old_id = next(k.id for k in await env.repo.key_list() if k.current)
+    await env.repo.key_add(new_key)
+    await env.kube.delete(SECRETS, secret_name, env.ns)
+    await env.kube.create(SECRETS, key_secret(env.ns, env.ns, new_key), env.ns)
+    await env.repo.with_password(new_key).key_remove(old_id)
+
+    pod = await create_pod(env, "web", [{"name": "data", "emptyDir": {}}])
+    fill(kubelet_dir(env, pod, EMPTY_DIR, "data"), seed=13)
+    name = await create_pvb(env, pod, "data")
+    async with agent(env, key_cache=FrozenSecrets({f"{env.ns}/{secret_name}": stale})):
+        done = await wait_phase(env, PODVOLUMEBACKUPS, name, "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    assert [s.id[:8] for s in await env.repo.with_password(new_key).snapshots()] == [done["status"]["snapshotID"][:8]]

@@ -320,6 +320,22 @@ def test_restic_error_message_names_command_code_and_last_lines() -> None:
     assert ResticError(1, "x", "restic init", reason=Reason.LOCKED).reason is Reason.LOCKED
 
 
+def test_restic_error_message_keeps_the_line_that_says_what_went_wrong() -> None:
+    stderr = (
+        "unable to create lock in backend: repository is already locked exclusively by PID 812 on node-3 by root\n"
+        "lock was created at 2026-11-24 23:34:15 (520ms ago)\n"
+        "storage ID cc4add59\n"
+        "the `unlock` command can be used to remove stale locks\n"
+    )
+    err = ResticError(1, stderr, "restic backup")
+    assert err.reason is Reason.LOCKED
+    assert str(err) == (
+        "restic backup exited with code 1: unable to create lock in backend: repository is already locked "
+        "exclusively by PID 812 on node-3 by root | lock was created at 2026-11-24 23:34:15 (520ms ago) | "
+        "storage ID cc4add59 | the `unlock` command can be used to remove stale locks"
+    )
+
+
 def test_stderr_tail_is_bounded_by_lines_and_bytes() -> None:
     tail = StderrTail(max_lines=3, max_bytes=20)
     for i in range(10):
