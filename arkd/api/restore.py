@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from arkd.api.constants import RESTORE_KIND, RESTORES, RestorePhase
-from arkd.api.meta import ArkModel, ArkObject, LabelSelector, phase_schema
+from arkd.api.meta import ArkModel, ArkObject, LabelSelector, Time, phase_schema
 
 RestorePhaseValue = Annotated[RestorePhase | Literal[""], phase_schema(RestorePhase)]
 
@@ -31,6 +31,10 @@ class RestoreStatus(ArkModel):
     errors: int | None = None
     failure_reason: str | None = Field(
         None, description="arkd: why the restore is Failed or PartiallyFailed, in one sentence."
+    )
+    start_timestamp: Time | None = Field(None, description="arkd (as Velero): when the server started the restore.")
+    completion_timestamp: Time | None = Field(
+        None, description="arkd (as Velero): when the restore ended, whatever its phase."
     )
 
 

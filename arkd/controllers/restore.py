@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from arkd.api.constants import RESTORE_UID_LABEL, BackupPhase, RestorePhase
+from arkd.api.meta import format_time
 from arkd.backup.filters import FilterValidationError
 from arkd.controllers.resources import BACKUPS, PODVOLUMERESTORES, RESTORES
 from arkd.controllers.restore_run import RestoreRun, RunDeps, plan_restore, restore_phase
@@ -135,7 +136,13 @@ class RestoreController:
         claimed = await self.ctx.client.patch(
             RESTORES,
             str(_meta(obj)["name"]),
-            status_merge_patch(obj, {"phase": RestorePhase.IN_PROGRESS.value}),
+            status_merge_patch(
+                obj,
+                {
+                    "phase": RestorePhase.IN_PROGRESS.value,
+                    "startTimestamp": format_time(self.ctx.clock.wall().replace(microsecond=0)),
+                },
+            ),
             self.ctx.namespace,
             subresource="status",
         )

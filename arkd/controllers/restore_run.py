@@ -903,6 +903,7 @@ class RestoreRun:
             "warnings": warnings,
             "errors": errors,
             "failureReason": self.failure_reason(fatal),
+            "completionTimestamp": format_time(self.ctx.clock.wall().replace(microsecond=0)),
         }
         if await self._patch_final(status):
             self._observe(phase, status)

@@ -505,6 +505,7 @@ async def test_restores_a_namespace_then_into_a_mapped_namespace_then_warns_on_e
             await create_restore(kube, namespace, "first", backupName="nightly")
             first = await wait_restore(kube, namespace, "first")
             assert first["status"]["phase"] == "Completed", first["status"]
+            assert first["status"]["startTimestamp"] <= first["status"]["completionTimestamp"]
             assert first["status"]["errors"] == 0
             assert first["status"]["warnings"] == 0
             await check_restored_app(kube, src, "first", items)
