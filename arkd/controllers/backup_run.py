@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ from arkd.controllers.resources import BACKUPS
 from arkd.controllers.runlog import RunLog
 from arkd.controllers.runtime import ServerContext
 from arkd.kube.cache import at_least_version
-from arkd.kube.client import KubeClient
+from arkd.kube.discovery import Discover
 from arkd.kube.errors import ApiError, Conflict, NotFound
 from arkd.kube.informer import Informer
 from arkd.kube.patch import status_merge_patch
@@ -62,7 +62,6 @@ from arkd.storage.layout import (
 log = logging.getLogger("arkd.controllers.backup")
 
 Obj = dict[str, Any]
-Discover = Callable[[KubeClient], Awaitable[list[Resource]]]
 
 PODS = "pods"
 SUMMARY_ERRORS = 3

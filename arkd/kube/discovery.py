@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,9 @@ from arkd.kube.resource import Resource
 logger = logging.getLogger("arkd.kube.discovery")
 
 _CONCURRENCY = 8
+
+# What `discover` is, as a dependency that tests can replace.
+Discover = Callable[[KubeClient], Awaitable[list[Resource]]]
 
 
 @dataclass(frozen=True)
