@@ -481,3 +481,41 @@ def parse_label_selector(text: str) -> dict[str, Any]:
     # Validate keys and values now so the CLI reports them before anything is created.
     LabelSelector.from_dict(out)
     return out
+
+
+@dataclass(frozen=True)
+class SpecFilters:
+    """What Backup and Restore specs both select by: namespaces, resources and a label selector."""
+
+    namespaces: IncludesExcludes
+    resources: IncludesExcludes
+    selector: LabelSelector
+
+
+def spec_filters(
+    spec: Mapping[str, Any], resources: Sequence[Resource], errors: list[str]
+) -> SpecFilters:
+    """The filters of a Backup or Restore `spec` (raw JSON), resolved against the cluster's
+    `resources`; every problem is appended to `errors` so the user sees them all at once."""
+    ns_in = [str(n) for n in spec.get("includedNamespaces") or []]
+    ns_ex = [str(n) for n in spec.get("excludedNamespaces") or []]
+    errors.extend(
+        f"invalid includedNamespaces/excludedNamespaces: {e}" for e in validate_includes_excludes(ns_in, ns_ex)
+    )
+    resource_filter = IncludesExcludes()
+    try:
+        resource_filter = ResourceResolver(resources).includes_excludes(
+            [str(r) for r in spec.get("includedResources") or []],
+            [str(r) for r in spec.get("excludedResources") or []],
+        )
+    except FilterValidationError as exc:
+        errors.extend(
+            e if e.startswith("unknown resource") else f"invalid includedResources/excludedResources: {e}"
+            for e in exc.errors
+        )
+    selector = LabelSelector({}, ())
+    try:
+        selector = LabelSelector.from_dict(spec.get("labelSelector"))
+    except FilterValidationError as exc:
+        errors.extend(exc.errors)
+    return SpecFilters(IncludesExcludes(ns_in, ns_ex), resource_filter, selector)

@@ -9,7 +9,7 @@ import click
 
 from arkd.api import constants as c
 from arkd.api.duration import DurationError, format_duration, parse_duration
-from arkd.cli.context import CliError, cli_context, global_options, run_async, with_client
+from arkd.cli.context import CliError, cli_context, global_options, named_or_listed, run_async, with_client
 from arkd.cli.output import human_age, human_bytes, human_time, output_option, phase, print_objects
 from arkd.cli.wait import wait_for_phase
 from arkd.controllers.resources import BACKUPS, PODVOLUMEBACKUPS
@@ -206,16 +206,7 @@ async def get(names: tuple[str, ...], selector: str | None, output: str) -> None
     ns = cli_context().namespace
 
     async def go(client: KubeClient) -> None:
-        if names:
-            objs = []
-            for n in names:
-                try:
-                    objs.append(await client.get(BACKUPS, n, ns))
-                except NotFound:
-                    raise CliError(f"backup {n!r} not found in namespace {ns}") from None
-        else:
-            objs = await client.list(BACKUPS, ns, label_selector=selector)
-            objs.sort(key=lambda o: o["metadata"]["name"])
+        objs = await named_or_listed(client, BACKUPS, ns, names, selector)
         print_objects(
             objs,
             output,

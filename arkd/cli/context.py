@@ -8,9 +8,13 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from arkd.kube.client import KubeClient
+    from arkd.kube.resource import Resource
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -105,3 +109,21 @@ async def with_client(body: Callable[[Any], Awaitable[T]]) -> T:
         return await body(client)
     finally:
         await client.close()
+
+
+async def named_or_listed(
+    client: KubeClient, resource: Resource, namespace: str, names: tuple[str, ...], selector: str | None
+) -> list[dict[str, Any]]:
+    """`get NAME...` (each must exist) or `get [-l SELECTOR]` (every match, by name)."""
+    from arkd.kube.errors import NotFound
+
+    if names:
+        found = []
+        for name in names:
+            try:
+                found.append(await client.get(resource, name, namespace))
+            except NotFound:
+                raise CliError(f"{resource.kind.lower()} {name!r} not found in namespace {namespace}") from None
+        return found
+    listed = await client.list(resource, namespace, label_selector=selector)
+    return sorted(listed, key=lambda o: str(o["metadata"]["name"]))

@@ -9,7 +9,7 @@ import click
 
 from arkd.api import constants as c
 from arkd.cli.backup import parse_bool, selector_from_cli, split_list
-from arkd.cli.context import CliError, cli_context, global_options, run_async, with_client
+from arkd.cli.context import CliError, cli_context, global_options, named_or_listed, run_async, with_client
 from arkd.cli.output import human_bytes, human_time, output_option, phase, print_objects
 from arkd.cli.wait import wait_for_phase
 from arkd.controllers.resources import BACKUPS, PODVOLUMERESTORES, RESTORES
@@ -163,16 +163,7 @@ async def get(names: tuple[str, ...], selector: str | None, output: str) -> None
     ns = cli_context().namespace
 
     async def go(client: KubeClient) -> None:
-        if names:
-            objs = []
-            for n in names:
-                try:
-                    objs.append(await client.get(RESTORES, n, ns))
-                except NotFound:
-                    raise CliError(f"restore {n!r} not found in namespace {ns}") from None
-        else:
-            objs = await client.list(RESTORES, ns, label_selector=selector)
-            objs.sort(key=lambda o: o["metadata"]["name"])
+        objs = await named_or_listed(client, RESTORES, ns, names, selector)
         print_objects(
             objs,
             output,

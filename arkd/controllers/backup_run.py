@@ -33,8 +33,7 @@ from arkd.backup.filters import (
     FilterValidationError,
     IncludesExcludes,
     LabelSelector,
-    ResourceResolver,
-    validate_includes_excludes,
+    spec_filters,
 )
 from arkd.backup.tarball import TarballError, TarballWriter, gzip_bytes, gzip_json
 from arkd.controllers.backup_podvolumes import PodResult, PodVolumeBackupper, without_managed_fields
@@ -98,31 +97,13 @@ def plan_backup(obj: Obj, resources: Sequence[Resource]) -> BackupPlan:
         raise FilterValidationError(_pydantic_messages(exc)) from None
     spec = backup.spec
     errors: list[str] = []
-    ns_in, ns_ex = list(spec.included_namespaces or []), list(spec.excluded_namespaces or [])
-    errors.extend(
-        f"invalid includedNamespaces/excludedNamespaces: {e}" for e in validate_includes_excludes(ns_in, ns_ex)
-    )
-    resource_filter = IncludesExcludes()
-    try:
-        resource_filter = ResourceResolver(resources).includes_excludes(
-            spec.included_resources or [], spec.excluded_resources or []
-        )
-    except FilterValidationError as exc:
-        errors.extend(
-            e if e.startswith("unknown resource") else f"invalid includedResources/excludedResources: {e}"
-            for e in exc.errors
-        )
-    selector = LabelSelector({}, ())
-    try:
-        selector = LabelSelector.from_dict((obj.get("spec") or {}).get("labelSelector"))
-    except FilterValidationError as exc:
-        errors.extend(exc.errors)
+    filters = spec_filters(obj.get("spec") or {}, resources, errors)
     if errors:
         raise FilterValidationError(errors)
     return BackupPlan(
-        namespaces=IncludesExcludes(ns_in, ns_ex),
-        resources=resource_filter,
-        selector=selector,
+        namespaces=filters.namespaces,
+        resources=filters.resources,
+        selector=filters.selector,
         include_cluster_resources=spec.include_cluster_resources,
         ttl=spec.ttl_timedelta or datetime.timedelta(0),
     )

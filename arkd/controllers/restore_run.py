@@ -49,8 +49,7 @@ from arkd.backup.filters import (
     FilterValidationError,
     IncludesExcludes,
     LabelSelector,
-    ResourceResolver,
-    validate_includes_excludes,
+    spec_filters,
 )
 from arkd.backup.tarball import gzip_bytes, gzip_json
 from arkd.controllers.config import ArkConfig
@@ -190,35 +189,17 @@ def plan_restore(obj: Obj, resources: Sequence[Resource]) -> RestorePlan:
     errors: list[str] = []
     if not spec.backup_name:
         errors.append("spec.backupName is required: name the Backup to restore from (`ark backup get` lists them)")
-    ns_in, ns_ex = list(spec.included_namespaces or []), list(spec.excluded_namespaces or [])
-    errors.extend(
-        f"invalid includedNamespaces/excludedNamespaces: {e}" for e in validate_includes_excludes(ns_in, ns_ex)
-    )
-    resource_filter = IncludesExcludes()
-    try:
-        resource_filter = ResourceResolver(resources).includes_excludes(
-            spec.included_resources or [], spec.excluded_resources or []
-        )
-    except FilterValidationError as exc:
-        errors.extend(
-            e if e.startswith("unknown resource") else f"invalid includedResources/excludedResources: {e}"
-            for e in exc.errors
-        )
-    errors.extend(non_restorable_errors(gr for gr in resource_filter.includes if gr != WILDCARD))
-    selector = LabelSelector({}, ())
-    try:
-        selector = LabelSelector.from_dict(_spec(obj).get("labelSelector"))
-    except FilterValidationError as exc:
-        errors.extend(exc.errors)
+    filters = spec_filters(_spec(obj), resources, errors)
+    errors.extend(non_restorable_errors(gr for gr in filters.resources.includes if gr != WILDCARD))
     mapping = dict(spec.namespace_mapping or {})
     errors.extend(_mapping_errors(mapping))
     if errors:
         raise FilterValidationError(errors)
     return RestorePlan(
         backup_name=str(spec.backup_name),
-        namespaces=IncludesExcludes(ns_in, ns_ex),
-        resources=resource_filter,
-        selector=selector,
+        namespaces=filters.namespaces,
+        resources=filters.resources,
+        selector=filters.selector,
         namespace_mapping=mapping,
         restore_pvs=spec.restore_pvs,
         include_cluster_resources=spec.include_cluster_resources,

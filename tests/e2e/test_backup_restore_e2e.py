@@ -110,6 +110,8 @@ def test_cli_errors_are_one_line_and_nonzero(envtest: Envtest, server: ArkProces
         (["backup", "create", "x", "--ttl", "5 days"], "--ttl"),
         (["backup", "create", "x", "--selector", "a in (b"], "--selector"),
         (["backup", "describe", "does-not-exist"], "not found"),
+        (["backup", "get", "does-not-exist"], "backup 'does-not-exist' not found in namespace"),
+        (["restore", "get", "does-not-exist"], "restore 'does-not-exist' not found in namespace"),
         (["restore", "create", "--from-backup", "does-not-exist"], "not found"),
         (["restore", "create", "--from-backup", "b", "--namespace-mappings", "nocolon"], "source:target"),
     ):

@@ -15,6 +15,7 @@ from arkd.backup.filters import (
     ResourceResolver,
     label_selector_query,
     parse_label_selector,
+    spec_filters,
     validate_includes_excludes,
 )
 from arkd.kube.resource import Resource
@@ -462,3 +463,40 @@ async def test_failures_are_recorded_and_the_backup_goes_on() -> None:
         "secrets in namespace app: error listing items: secrets is forbidden",
         "secrets in namespace missing: error listing items: secrets is forbidden",
     ]
+
+
+def test_spec_filters_report_every_problem_of_a_spec_at_once() -> None:
+    errors: list[str] = []
+    filters = spec_filters(
+        {
+            "includedNamespaces": ["app", "*"],
+            "excludedNamespaces": ["app"],
+            "includedResources": ["configmaps", "widgets"],
+            "labelSelector": {"matchLabels": {"bad key!": "x"}},
+        },
+        DISCOVERY,
+        errors,
+    )
+    assert errors == [
+        "invalid includedNamespaces/excludedNamespaces: includes list must either contain '*' only, or a "
+        "non-empty list of items",
+        "invalid includedNamespaces/excludedNamespaces: excludes list cannot contain an item in the includes "
+        "list: app",
+        "unknown resource: widgets",
+        "invalid label selector: key 'bad key!': the name part must be 1-63 characters of alphanumerics, '-', "
+        "'_' or '.', starting and ending with an alphanumeric",
+    ]
+    # What could be read is still returned; the caller refuses the spec because of the errors.
+    assert sorted(filters.namespaces.includes) == ["*", "app"]
+
+
+def test_spec_filters_of_a_valid_spec_resolve_names_to_group_resources() -> None:
+    errors: list[str] = []
+    filters = spec_filters(
+        {"includedResources": ["deploy", "cm"], "labelSelector": {"matchLabels": {"app": "web"}}}, DISCOVERY, errors
+    )
+    assert errors == []
+    assert filters.resources.should_include("deployments.apps")
+    assert filters.resources.should_include("configmaps")
+    assert not filters.resources.should_include("secrets")
+    assert filters.selector.matches({"app": "web"}) and not filters.selector.matches({"app": "db"})
