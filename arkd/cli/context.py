@@ -112,9 +112,16 @@ async def with_client(body: Callable[[Any], Awaitable[T]]) -> T:
 
 
 async def named_or_listed(
-    client: KubeClient, resource: Resource, namespace: str, names: tuple[str, ...], selector: str | None
+    client: KubeClient,
+    resource: Resource,
+    namespace: str,
+    names: tuple[str, ...],
+    selector: str | None,
+    *,
+    what: str | None = None,
 ) -> list[dict[str, Any]]:
-    """`get NAME...` (each must exist) or `get [-l SELECTOR]` (every match, by name)."""
+    """`get NAME...` (each must exist) or `get [-l SELECTOR]` (every match, by name). `what` names
+    the kind in the not-found message (default: the kind in lower case)."""
     from arkd.kube.errors import NotFound
 
     if names:
@@ -123,7 +130,8 @@ async def named_or_listed(
             try:
                 found.append(await client.get(resource, name, namespace))
             except NotFound:
-                raise CliError(f"{resource.kind.lower()} {name!r} not found in namespace {namespace}") from None
+                label = what or resource.kind.lower()
+                raise CliError(f"{label} {name!r} not found in namespace {namespace}") from None
         return found
     listed = await client.list(resource, namespace, label_selector=selector)
     return sorted(listed, key=lambda o: str(o["metadata"]["name"]))

@@ -6,11 +6,11 @@ from typing import Any
 
 import click
 
-from arkd.cli.context import CliError, cli_context, global_options, run_async, with_client
+from arkd.cli.context import CliError, cli_context, global_options, named_or_listed, run_async, with_client
 from arkd.cli.output import human_time, output_option, phase, print_objects
 from arkd.controllers.resources import RESTICREPOSITORIES
 from arkd.kube.client import KubeClient
-from arkd.kube.errors import ApiError, NotFound
+from arkd.kube.errors import ApiError
 
 Obj = dict[str, Any]
 
@@ -47,15 +47,7 @@ async def get(names: tuple[str, ...], selector: str | None, output: str) -> None
 
     async def body(client: KubeClient) -> list[Obj]:
         try:
-            if not names:
-                return await client.list(RESTICREPOSITORIES, ns, label_selector=selector)
-            found = []
-            for name in names:
-                try:
-                    found.append(await client.get(RESTICREPOSITORIES, name, ns))
-                except NotFound:
-                    raise CliError(f"restic repository {name} not found in namespace {ns}") from None
-            return found
+            return await named_or_listed(client, RESTICREPOSITORIES, ns, names, selector, what="restic repository")
         except ApiError as exc:
             raise CliError(f"cannot read restic repositories in namespace {ns}: {exc}") from None
 

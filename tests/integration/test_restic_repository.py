@@ -775,4 +775,4 @@ async def test_repo_get_prints_the_repositories(
     assert rows["broken"].split()[1:3] == ["NotReady", "<never>"]
     assert "/dev/null/x" in rows["broken"]  # the message says what is wrong
     assert orjson.loads(one.stdout)["metadata"]["name"] == "fresh"
-    assert missing.exit_code != 0 and "restic repository nope not found" in missing.stderr
+    assert missing.exit_code != 0 and f"restic repository 'nope' not found in namespace {namespace}" in missing.stderr
