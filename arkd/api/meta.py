@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
     model_validator,
 )
@@ -60,6 +61,11 @@ GoDuration = Annotated[
 
 def duration_or_none(value: str | None) -> datetime.timedelta | None:
     return None if value is None else parse_duration(value)
+
+
+def validation_messages(exc: ValidationError, kind: str) -> list[str]:
+    """One "field.path: problem" line per pydantic error; `kind` stands for the object itself."""
+    return [f"{'.'.join(str(p) for p in err['loc']) or kind}: {err['msg']}" for err in exc.errors()]
 
 
 def phase_schema(enum: type[StrEnum]) -> WithJsonSchema:

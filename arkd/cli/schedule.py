@@ -9,7 +9,7 @@ import click
 
 from arkd.api import constants as c
 from arkd.cli.backup import build_backup_spec, filter_options
-from arkd.cli.context import CliError, cli_context, global_options, run_async, with_client
+from arkd.cli.context import CliError, cli_context, global_options, named_or_listed, run_async, with_client
 from arkd.cli.output import human_time, output_option, parse_time, phase, print_objects
 from arkd.controllers.deletion import label_value
 from arkd.controllers.resources import BACKUPS, SCHEDULES
@@ -92,11 +92,7 @@ async def get(names: tuple[str, ...], selector: str | None, output: str) -> None
     ns = cli_context().namespace
 
     async def go(client: KubeClient) -> None:
-        if names:
-            objs = [await _get_schedule(client, n, ns) for n in names]
-        else:
-            objs = await client.list(SCHEDULES, ns, label_selector=selector)
-            objs.sort(key=lambda o: o["metadata"]["name"])
+        objs = await named_or_listed(client, SCHEDULES, ns, names, selector)
         print_objects(
             objs,
             output,

@@ -27,7 +27,7 @@ from arkd.api.constants import (
     BackupPhase,
 )
 from arkd.api.duration import format_duration, parse_duration
-from arkd.api.meta import format_time
+from arkd.api.meta import format_time, validation_messages
 from arkd.backup.collector import BackupCollector, KubeLister
 from arkd.backup.filters import (
     FilterValidationError,
@@ -85,16 +85,12 @@ class BackupPlan:
     ttl: datetime.timedelta
 
 
-def _pydantic_messages(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in err['loc']) or 'Backup'}: {err['msg']}" for err in exc.errors()]
-
-
 def plan_backup(obj: Obj, resources: Sequence[Resource]) -> BackupPlan:
     """The plan of `obj`; FilterValidationError with every problem at once when the spec is invalid."""
     try:
         backup = Backup.from_obj(obj)
     except ValidationError as exc:
-        raise FilterValidationError(_pydantic_messages(exc)) from None
+        raise FilterValidationError(validation_messages(exc, "Backup")) from None
     spec = backup.spec
     errors: list[str] = []
     filters = spec_filters(obj.get("spec") or {}, resources, errors)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from arkd.api.config import Config, apply_config_defaults
 from arkd.api.duration import parse_duration
 from arkd.api.identifier import repo_identifier
+from arkd.api.meta import validation_messages
 from arkd.kube.events import EventRecorder
 from arkd.kube.informer import Informer
 from arkd.storage import ObjectStore, make_store
@@ -174,11 +175,7 @@ class ConfigHolder:
 
 def _validation_message(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "Config"
-            parts.append(f"{where}: {err['msg']}")
-        return "; ".join(parts)
+        return "; ".join(validation_messages(exc, "Config"))
     return str(exc)
 
 

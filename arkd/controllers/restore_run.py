@@ -42,7 +42,7 @@ from arkd.api.constants import (
     RestorePhase,
 )
 from arkd.api.duration import format_duration, parse_duration
-from arkd.api.meta import format_time
+from arkd.api.meta import format_time, validation_messages
 from arkd.api.restore import Restore
 from arkd.backup.filters import (
     WILDCARD,
@@ -162,10 +162,6 @@ class RestorePlan:
     include_cluster_resources: bool | None
 
 
-def _pydantic_messages(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in err['loc']) or 'Restore'}: {err['msg']}" for err in exc.errors()]
-
-
 def _mapping_errors(mapping: dict[str, str]) -> list[str]:
     errors: list[str] = []
     for source, target in sorted(mapping.items()):
@@ -184,7 +180,7 @@ def plan_restore(obj: Obj, resources: Sequence[Resource]) -> RestorePlan:
     try:
         restore = Restore.from_obj(obj)
     except ValidationError as exc:
-        raise FilterValidationError(_pydantic_messages(exc)) from None
+        raise FilterValidationError(validation_messages(exc, "Restore")) from None
     spec = restore.spec
     errors: list[str] = []
     if not spec.backup_name:

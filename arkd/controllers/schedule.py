@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from arkd.api.constants import API_VERSION, BACKUP_KIND, SCHEDULE_LABEL, SchedulePhase
 from arkd.api.duration import DurationError, parse_duration
-from arkd.api.meta import format_time
+from arkd.api.meta import format_time, validation_messages
 from arkd.api.schedule import Schedule
 from arkd.controllers.deletion import label_value
 from arkd.controllers.resources import BACKUPS, SCHEDULES
@@ -156,9 +156,7 @@ def validate_schedule(obj: Obj) -> tuple[CronSchedule | None, list[str]]:
     try:
         Schedule.from_obj(obj)
     except ValidationError as exc:
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            errors.append(f"{where}: {err['msg']}")
+        errors.extend(validation_messages(exc, "Schedule"))
     return (cron if not errors else None), errors
 
 

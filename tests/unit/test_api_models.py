@@ -35,7 +35,7 @@ from arkd.api import (
     resource_for_kind,
     restic_key_secret_name,
 )
-from arkd.api.meta import ArkObject
+from arkd.api.meta import ArkObject, validation_messages
 
 META = {
     "name": "nginx-backup",
@@ -475,3 +475,12 @@ def test_restic_key_secret_name() -> None:
     assert restic_key_secret_name("nginx-example") == "ark-restic-credentials-nginx-example"
     with pytest.raises(ValueError, match="volume namespace"):
         restic_key_secret_name("")
+
+
+def test_validation_messages_name_each_field_and_the_object_itself() -> None:
+    with pytest.raises(ValidationError) as field_error:
+        Backup.from_obj({"apiVersion": "ark.heptio.com/v1", "kind": "Backup", "spec": {"includedNamespaces": "app"}})
+    assert validation_messages(field_error.value, "Backup") == ["spec.includedNamespaces: Input should be a valid list"]
+    with pytest.raises(ValidationError) as whole:
+        Backup.model_validate("not an object")
+    assert validation_messages(whole.value, "Backup")[0].startswith("Backup: ")
