@@ -6,75 +6,27 @@ import datetime
 import gzip
 import json
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
-
-import pytest
 
 from arkd.api.meta import format_time
 from arkd.controllers.deletion import DeletionController, new_delete_backup_request
-from arkd.controllers.resources import BACKUPS, CONFIGS, DELETEBACKUPREQUESTS
+from arkd.controllers.resources import BACKUPS, DELETEBACKUPREQUESTS
 from arkd.controllers.runtime import ServerContext
 from arkd.controllers.sync import BackupSyncController
 from arkd.kube.client import KubeClient
 from arkd.kube.errors import NotFound
-from arkd.storage import ObjectStore, make_store
-from tests.support.moto import MotoServer
+from arkd.storage import ObjectStore
+from tests.support.bucket import Bucket
 from tests.support.server import ArkServer, Runnable, events_for, eventually
 
 T = TypeVar("T")
 Obj = dict[str, Any]
-
-_AMBIENT_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
 
 # -- a server with the controllers under test (wired as arkd.app wires them) ---------------------------
 
 
 def name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
-
-
-# -- the bucket: moto S3 or a local directory --------------------------------------------------------
-@dataclass
-class Bucket:
-    provider: Obj  # Config backupStorageProvider
-    store: ObjectStore  # the same bucket, for the test to write and read
-
-    async def config(self, kube: KubeClient, namespace: str, **settings: Any) -> None:
-        body = {
-            "apiVersion": "ark.heptio.com/v1",
-            "kind": "Config",
-            "metadata": {"name": "default", "namespace": namespace},
-            "backupStorageProvider": self.provider,
-            **settings,
-        }
-        await kube.create(CONFIGS, body, namespace)
-
-
-@pytest.fixture(params=["local", "s3"])
-async def bucket(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Bucket]:
-    if request.param == "s3":
-        s3: MotoServer = request.getfixturevalue("s3")
-        for var in _AMBIENT_AWS:
-            monkeypatch.delenv(var, raising=False)
-        for var, value in s3.env().items():
-            monkeypatch.setenv(var, value)
-        name_ = f"arkd-{secrets.token_hex(6)}"
-        s3.make_bucket(name_)
-        provider: Obj = {"name": "aws", "bucket": name_, "config": s3.store_config()}
-    else:
-        (tmp_path / "ark-backups").mkdir()
-        provider = {"name": "local", "bucket": "ark-backups", "config": {"path": str(tmp_path)}}
-    store = make_store(provider["name"], provider["bucket"], provider["config"])
-    try:
-        yield Bucket(provider, store)
-    finally:
-        await store.close()
 
 
 def stored_backup(bname: str, expiration: datetime.datetime, phase: str = "Completed") -> Obj:
